@@ -124,7 +124,9 @@ class Diversity(DatasetMetric):
         usable = np.ones(n, dtype=bool)
         errors = columns.get("error")
         if errors is not None:
-            usable &= np.array([e is None for e in errors], dtype=bool)
+            from selector.rows import usable_mask
+
+            usable &= usable_mask(errors, n)
         for p in parts:
             norms = np.linalg.norm(p, axis=1)
             # A NaN or zero vector marks a row without that input; it can't be placed in any cluster.
@@ -151,8 +153,8 @@ class Diversity(DatasetMetric):
         return self
 
     def _fit_labels(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from selector.rows import hash_order
         from selector.spectral import SpectralClustering
-        from selector.strategies import stable_hash
 
         self._validate()
         usable, feats = self._features(columns)
@@ -176,8 +178,7 @@ class Diversity(DatasetMetric):
         rows = np.flatnonzero(usable)
         if ids is not None:
             # Cluster in stable-hash order of id: a permuted pool then gives the same clusters.
-            usable_ids = np.asarray(ids, dtype=object)[rows]
-            order = np.lexsort((np.array([str(i) for i in usable_ids]), stable_hash(usable_ids)))
+            order = hash_order(np.asarray(ids, dtype=object)[rows])
         else:
             order = np.arange(m)
         sc = SpectralClustering(

@@ -142,18 +142,18 @@ def load_prompt(spec: str) -> JudgePrompt:
 
 
 def _read_prompt(path: Path) -> JudgePrompt:
-    import yaml
+    from selector.fileio import parse_yaml_mapping
 
+    # Read the bytes once: they are both parsed and hashed into the cache key.
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read judge prompt {path}: {exc.strerror or exc}") from exc
     try:
-        data = yaml.safe_load(raw.decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"judge prompt {path} is not valid UTF-8 YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"judge prompt {path} must be a YAML mapping")
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"judge prompt {path} is not UTF-8 text ({exc.reason})") from None
+    data = parse_yaml_mapping(text, source=str(path), what="judge prompt")
     missing = [key for key in _REQUIRED if key not in data]
     unknown = sorted(set(data) - set(_REQUIRED) - set(_OPTIONAL))
     if missing or unknown:

@@ -37,6 +37,10 @@ BUILTIN_METRICS: dict[str, str] = {
     "embedding": "metrics.embedding:EmbeddingMetric",
     "judge": "metrics.judge:Judge",
     "diversity": "metrics.diversity:Diversity",
+    "relevance": "metrics.relevance:RelevanceScore",
+    "perplexity": "metrics.perplexity:Perplexity",
+    "text_quality": "metrics.text_quality:TextQuality",
+    "safety": "metrics.safety:SafetyScore",
 }
 
 
@@ -105,15 +109,9 @@ def metrics_from_config(config: dict | list | str) -> list:
           - {metric: embedding, name: dinov2, model_name_or_path: facebook/dinov2-small}
     """
     if isinstance(config, str):
-        import yaml
+        from selector.fileio import load_yaml_mapping
 
-        try:
-            with open(config, encoding="utf-8") as f:
-                config = yaml.safe_load(f)
-        except OSError as exc:
-            raise ConfigError(f"cannot read metric config {config}: {exc.strerror or exc}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"metric config is not valid YAML: {exc}") from exc
+        config = load_yaml_mapping(config, what="metric config")
     if isinstance(config, dict):
         extra = sorted(set(config) - {"metrics"})
         if extra:

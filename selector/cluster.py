@@ -1,4 +1,4 @@
-"""Clustering estimators: k-means with faiss when installed and scikit-learn otherwise.
+"""Clustering estimators: k-means (faiss or scikit-learn), balanced k-means, and input validation.
 
 Arrays in, arrays out. :class:`KMeans` has one API over two backends:
 
@@ -13,6 +13,14 @@ Arrays in, arrays out. :class:`KMeans` has one API over two backends:
 every update (faiss does this natively; the scikit-learn backend seeds with scikit-learn's k-means and continues
 with spherical Lloyd iterations). On the same data both backends reach inertias within a few percent of each
 other (tested at 2%).
+
+:class:`BalancedKMeans` splits rows into clusters of exactly equal size (InstructionGPT-4's proxy subsets).
+Spectral clustering lives in :mod:`selector.spectral` (kNN graph in :mod:`selector.knn`) and is reachable here as
+``selector.cluster.SpectralClustering``, imported on first access.
+
+Every estimator follows scikit-learn's contract (``BaseEstimator``: arguments stored unchanged, checked in
+``fit``; ``fit`` returns self; fitted state ends in ``_``) and validates input with :func:`validate_rows`, which
+raises :class:`~selector.errors.DataError` (a ``ValueError``) with scikit-learn's wording.
 
 Example:
     >>> import numpy as np
@@ -29,9 +37,10 @@ import importlib.util
 import logging
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.utils.validation import check_is_fitted
 
-from selector.errors import ConfigError, DataError, require
-from selector.spectral import SpectralClustering  # noqa: F401
+from selector.errors import ConfigError, DataError, DataTypeError, require
 
 logger = logging.getLogger(__name__)
 
@@ -92,14 +101,77 @@ def resolve_backend(backend: str) -> str:
 
 
 def seed_from(random_state) -> int:
-    """An int seed from ``random_state`` (int, None or ``np.random.Generator``); None draws a fresh one."""
+    """An int seed from ``random_state`` (int, None, ``np.random.Generator`` or ``RandomState``), as scikit-learn
+    reads it: None draws a fresh seed, a generator gives its next draw."""
     if random_state is None:
         return int(np.random.SeedSequence().generate_state(1)[0] % (2**31 - 1))
     if isinstance(random_state, np.random.Generator):
         return int(random_state.integers(0, 2**31 - 1))
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(0, 2**31 - 1))
     if isinstance(random_state, (bool, float)) or not isinstance(random_state, (int, np.integer)):
         raise ConfigError(f"random_state must be an int or None, got {random_state!r}")
     return int(random_state) % (2**31 - 1)
+
+
+def validate_rows(X, *, estimator=None, reset: bool = True, name: str = "X") -> np.ndarray:
+    """Check an (n_samples, n_features) matrix of finite real numbers and return it as a float32/float64 array.
+
+    scikit-learn's ``validate_data`` (with ``estimator``: also records or checks ``n_features_in_``) or
+    ``check_array`` does the checking, so inputs are read and refused as scikit-learn estimators read them (lists,
+    DataFrames and object arrays of numbers are accepted; empty, complex, 1-D and sparse input are refused); its
+    errors are re-raised as one-line :class:`DataError` (``ValueError``) or :class:`DataTypeError`
+    (``TypeError``). float32 input is returned without a copy.
+
+    Args:
+        X: the matrix.
+        estimator: the estimator being fitted or applied (its name goes into messages; ``n_features_in_`` is set
+            when ``reset`` and compared otherwise).
+        reset: True in ``fit``, False in ``predict`` / ``transform``.
+        name: how ``X`` is named in messages.
+
+    Raises:
+        DataError: not 2-D, no rows or no columns, a different number of columns than in ``fit``, complex or
+            non-numeric values, NaN or infinite values (the message counts the rows and names the first ones).
+        DataTypeError: sparse input, or values that are not numbers at all (e.g. a dict).
+    """
+    from scipy import sparse
+    from sklearn.utils.validation import check_array, validate_data
+
+    who = type(estimator).__name__ if estimator is not None else "this function"
+    if sparse.issparse(X):
+        raise DataTypeError(f"{who} needs a dense (n_samples, n_features) array, got a sparse matrix")
+    shape = getattr(X, "shape", None)
+    if shape is not None and len(shape) != 2:
+        hint = f". Reshape your data with {name}.reshape(-1, 1) (one feature) or {name}.reshape(1, -1) (one sample)"
+        raise DataError(
+            f"{who} needs a 2-D array {name} of shape (n_samples, n_features), got shape {tuple(shape)}"
+            + (hint if len(shape) == 1 else "")
+        )
+    try:
+        if estimator is not None:
+            X = validate_data(estimator, X, reset=reset, dtype=(np.float32, np.float64), ensure_all_finite=False)
+        else:
+            X = check_array(X, dtype=(np.float32, np.float64), ensure_all_finite=False, input_name=name)
+    except TypeError as exc:
+        raise DataTypeError(_first_line(exc)) from exc
+    except ValueError as exc:
+        raise DataError(_first_line(exc)) from exc
+    # in row blocks: a whole-matrix isfinite mask would be as large as a uint8 copy of X.
+    bad = np.concatenate(
+        [~np.isfinite(X[i : i + _ASSIGN_BLOCK]).all(axis=1) for i in range(0, X.shape[0], _ASSIGN_BLOCK)]
+    )
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise DataError(
+            f"{name} has {rows.size} rows with NaN or infinite values (first: {rows[:5].tolist()}); drop them first"
+        )
+    return X
+
+
+def _first_line(exc: Exception) -> str:
+    # scikit-learn's messages sometimes print the whole array on later lines; the first line says what is wrong.
+    return str(exc).strip().splitlines()[0].rstrip(":")
 
 
 def l2_normalize(X: np.ndarray, copy: bool = True) -> np.ndarray:
@@ -156,7 +228,7 @@ def assign(X: np.ndarray, centers: np.ndarray, *, spherical: bool = False) -> tu
     return labels, sq_dist
 
 
-class KMeans:
+class KMeans(ClusterMixin, BaseEstimator):
     """k-means clustering (faiss or scikit-learn backend, optional spherical/cosine variant).
 
     Args:
@@ -167,7 +239,8 @@ class KMeans:
         max_iter: maximum Lloyd iterations.
         tol: convergence tolerance: scikit-learn's relative centroid shift, faiss's relative objective change.
         max_points_per_centroid: faiss trains on at most this many rows per centroid (subsampled with the seed).
-        random_state: seed for initialisation and subsampling; the same seed and row order give the same result.
+        random_state: seed for initialisation and subsampling; the same seed and row order give the same result
+            (None: a fresh seed per fit).
         verbose: log per-iteration progress of the backend.
 
     Attributes:
@@ -177,6 +250,7 @@ class KMeans:
             lower = tighter clusters. For spherical k-means it equals ``sum(2 - 2 cos)``.
         n_iter_: iterations run.
         backend_: the backend used (``"faiss"`` or ``"sklearn"``).
+        n_features_in_: number of input features.
 
     Example:
         >>> import numpy as np
@@ -210,23 +284,20 @@ class KMeans:
 
     def _validate(self, X) -> np.ndarray:
         for name in ("n_clusters", "n_init", "max_iter", "max_points_per_centroid"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        X = np.asarray(X)
-        if X.ndim != 2 or X.shape[1] == 0:
-            raise DataError(f"k-means needs a 2-D array of shape (n_samples, n_features), got shape {X.shape}")
-        if not np.issubdtype(X.dtype, np.number):
-            raise DataError(f"k-means needs numeric input, got dtype {X.dtype}")
+            _check_positive_int(name, getattr(self, name))
+        X = validate_rows(X, estimator=self)
         if X.shape[0] < self.n_clusters:
-            raise DataError(f"n_clusters={self.n_clusters} is larger than the number of rows ({X.shape[0]})")
-        bad = ~np.isfinite(X).all(axis=1)
-        if bad.any():
-            raise DataError(f"{int(bad.sum())} rows contain NaN or inf (first at row {int(np.flatnonzero(bad)[0])})")
+            raise DataError(f"n_clusters={self.n_clusters} is larger than the number of rows (n_samples={X.shape[0]})")
         return l2_normalize(X, copy=False) if self.spherical else np.ascontiguousarray(X, dtype=np.float32)
 
     def fit(self, X, y=None) -> KMeans:
-        """Cluster the rows of ``X`` (n, d). ``y`` is ignored (scikit-learn API)."""
+        """Cluster the rows of ``X`` (n, d) of finite real numbers. ``y`` is ignored (scikit-learn API).
+
+        Raises:
+            DataError: bad ``X`` (see :func:`validate_rows`) or fewer rows than ``n_clusters``.
+            ConfigError: an invalid parameter.
+            MissingDependencyError: ``backend="faiss"`` without faiss.
+        """
         X = self._validate(X)
         self.backend_ = resolve_backend(self.backend)
         seed = seed_from(self.random_state)
@@ -240,7 +311,6 @@ class KMeans:
         self.labels_ = labels
         self.inertia_ = float(sq_dist.sum())
         self.n_iter_ = int(n_iter)
-        self.n_features_in_ = X.shape[1]
         return self
 
     def _fit_faiss(self, X: np.ndarray, seed: int) -> tuple[np.ndarray, int]:
@@ -305,20 +375,15 @@ class KMeans:
 
     def predict(self, X) -> np.ndarray:
         """Nearest learned centroid of each row of ``X``: (n,) int64."""
-        self._check_fitted()
-        X = np.asarray(X)
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise DataError(f"expected shape (n, {self.n_features_in_}), got {X.shape}")
+        check_is_fitted(self)
+        X = validate_rows(X, estimator=self, reset=False)
         X = l2_normalize(X, copy=False) if self.spherical else np.ascontiguousarray(X, dtype=np.float32)
         return assign(X, self.cluster_centers_, spherical=self.spherical)[0]
 
-    def fit_predict(self, X, y=None) -> np.ndarray:
-        """:meth:`fit` and return ``labels_``."""
-        return self.fit(X).labels_
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "cluster_centers_"):
-            raise ConfigError("this KMeans is not fitted yet; call fit(X) first")
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _spherical_lloyd(X: np.ndarray, centers: np.ndarray, max_iter: int, tol: float) -> tuple[np.ndarray, int]:
@@ -371,3 +436,135 @@ def cluster_sums(X: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarr
     )
     # float32 product: a float64 copy of a (10^6, 512) embedding matrix would double peak memory.
     return np.asarray(indicator @ np.asarray(X, dtype=np.float32), dtype=np.float64)
+
+
+class BalancedKMeans(ClusterMixin, BaseEstimator):
+    """k-means whose clusters all have the same size ``n // n_clusters``; the remainder rows are dropped.
+
+    The rows are clustered by :class:`KMeans`; then the ``n mod n_clusters`` rows farthest from their nearest
+    centroid are dropped (``labels_ == -1``) and the others are assigned greedily: every unplaced row proposes to
+    its nearest centroid that still has room, each centroid accepts its closest proposers up to its capacity,
+    rejected rows try again without the centroids that filled up (at most ``n_clusters`` rounds). On clusters that
+    are already balanced nothing moves. Used by :func:`selector.labels.partition_pool` for InstructionGPT-4's
+    equal-size proxy subsets.
+
+    Args:
+        n_clusters: number of subsets ``k`` (at most the number of rows).
+        spherical: cluster by cosine similarity (rows L2-normalised), as for embeddings.
+        backend: k-means backend: ``"auto"`` (faiss when installed), ``"faiss"`` or ``"sklearn"``.
+        n_init: k-means restarts; the lowest-inertia run is kept.
+        max_iter: maximum Lloyd iterations.
+        random_state: seed of the k-means initialisation; same seed and row order give the same labels.
+
+    Attributes:
+        labels_: (n,) int64 subset of each row, ``-1`` for the dropped remainder rows.
+        cluster_centers_: (k, d) float32 k-means centroids.
+        subset_size_: rows per subset, ``n // k``.
+        n_dropped_: rows dropped to make the subsets equal (``n mod k``).
+        n_moved_: kept rows placed in another subset than their nearest centroid's, because it was full.
+        inertia_: sum of squared distances of the kept rows to their subset's centroid (lower = tighter).
+        n_iter_: Lloyd iterations of the underlying k-means.
+        n_features_in_: number of input features.
+
+    Example:
+        >>> import numpy as np
+        >>> X = np.random.default_rng(0).normal(size=(103, 4))
+        >>> bkm = BalancedKMeans(n_clusters=5, random_state=0).fit(X)
+        >>> np.bincount(bkm.labels_[bkm.labels_ >= 0]).tolist(), bkm.n_dropped_
+        ([20, 20, 20, 20, 20], 3)
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 30,
+        *,
+        spherical: bool = True,
+        backend: str = "auto",
+        n_init: int = 1,
+        max_iter: int = 100,
+        random_state: int | None = 0,
+    ):
+        self.n_clusters = n_clusters
+        self.spherical = spherical
+        self.backend = backend
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def fit(self, X, y=None) -> BalancedKMeans:
+        """Cluster and balance the rows of ``X`` (n, d); ``y`` is ignored (scikit-learn API).
+
+        Raises:
+            DataError: bad ``X`` (see :func:`validate_rows`) or fewer rows than ``n_clusters``.
+            ConfigError: an invalid parameter.
+        """
+        X = validate_rows(X, estimator=self)
+        km = KMeans(
+            n_clusters=self.n_clusters,
+            spherical=self.spherical,
+            backend=self.backend,
+            n_init=self.n_init,
+            max_iter=self.max_iter,
+            random_state=self.random_state,
+        ).fit(X)
+        X = l2_normalize(X, copy=False) if self.spherical else np.ascontiguousarray(X, dtype=np.float32)
+        centers = km.cluster_centers_
+        dist = _sq_distances(X, centers)
+        n, k = dist.shape
+        size = n // k
+        nearest = dist.argmin(axis=1)
+        nearest_d = dist[np.arange(n), nearest]
+        n_drop = n - size * k
+        # farthest rows first; equal distances drop the later row, so the result is a function of row order only.
+        drop = np.lexsort((-np.arange(n), -nearest_d))[:n_drop]
+        labels = np.full(n, -1, dtype=np.int64)
+        capacity = np.full(k, size, dtype=np.int64)
+        is_open = capacity > 0
+        keep = np.ones(n, dtype=bool)
+        keep[drop] = False
+        active = np.flatnonzero(keep)
+        while active.size:
+            masked = dist[active]
+            masked[:, ~is_open] = np.inf
+            choice = masked.argmin(axis=1)
+            chosen_d = masked[np.arange(active.size), choice]
+            # closest proposers first within each centroid (ties by row position); one sort per round
+            order = np.lexsort((active, chosen_d, choice))
+            proposed = choice[order]
+            starts = np.concatenate([[0], np.cumsum(np.bincount(proposed, minlength=k))[:-1]])
+            accept = np.arange(order.size) - starts[proposed] < capacity[proposed]
+            labels[active[order[accept]]] = proposed[accept]
+            capacity -= np.bincount(proposed[accept], minlength=k)
+            is_open &= capacity > 0
+            active = active[order[~accept]]
+        kept = labels >= 0
+        self.labels_ = labels
+        self.cluster_centers_ = centers
+        self.subset_size_ = int(size)
+        self.n_dropped_ = int(n_drop)
+        self.n_moved_ = int((kept & (labels != nearest)).sum())
+        self.inertia_ = float(dist[np.flatnonzero(kept), labels[kept]].sum(dtype=np.float64))
+        self.n_iter_ = km.n_iter_
+        return self
+
+
+def _sq_distances(X: np.ndarray, centers: np.ndarray, block: int = _ASSIGN_BLOCK) -> np.ndarray:
+    """(n, k) float32 squared Euclidean distances, computed in row blocks (float32 halves the n x k matrix)."""
+    C = np.asarray(centers, dtype=np.float32)
+    c_sq = np.einsum("ij,ij->i", C, C)
+    out = np.empty((X.shape[0], C.shape[0]), dtype=np.float32)
+    for start in range(0, X.shape[0], block):
+        part = X[start : start + block]
+        x_sq = np.einsum("ij,ij->i", part, part)
+        out[start : start + part.shape[0]] = np.maximum(x_sq[:, None] + c_sq[None, :] - 2.0 * (part @ C.T), 0.0)
+    return out
+
+
+def __getattr__(name: str):
+    # SpectralClustering is a clustering estimator too; imported on first access because selector.spectral builds
+    # on this module (its k-means step), and a module-level import here would make the two import each other.
+    if name == "SpectralClustering":
+        from selector.spectral import SpectralClustering
+
+        return SpectralClustering
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

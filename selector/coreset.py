@@ -1,6 +1,6 @@
 """Coreset scores and greedy coreset selection; arrays in, arrays out.
 
-Training-dynamics scores read the columns of ``dynamics.parquet`` that the recipes' callback writes (one row per
+Training-dynamics scores read the columns of ``dynamics.parquet`` (:mod:`selector.dynamics`; one row per
 ``(id, epoch)``: ``loss``, ``correct``, ``el2n``, ``grad_norm``, optional ``curvature``):
 
 - :func:`forgetting_scores` (Toneva et al., ICLR 2019): number of learned -> forgotten transitions.
@@ -9,7 +9,9 @@ Training-dynamics scores read the columns of ``dynamics.parquet`` that the recip
 - :func:`curvature_scores` (Garg & Roy, CVPR 2023): mean input loss curvature.
 
 Embedding coresets: :func:`herding` (Welling 2009, mean matching) and :func:`kcenter_greedy` (Sener & Savarese
-2018). No models and no autograd live here; the recipes compute the raw per-example numbers.
+2018). No models and no autograd live here; :mod:`selector.training` computes the raw per-example numbers.
+The selection strategies built on these functions (``forgetting``, ``el2n``, ``grand``, ``curvature``,
+``herding``, ``kcenter``) live in :mod:`selector.strategies`.
 
 Example:
     >>> import numpy as np
@@ -26,8 +28,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from selector.errors import ConfigError, DataError
-from selector.strategies import StrategyInput, StrategyResult, rank_by_score, strategy
+from selector.dynamics import read_dynamics  # noqa: F401  (re-exported: the old import path keeps working)
+from selector.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -259,20 +261,6 @@ def kcenter_greedy(
     return valid[np.asarray(picked, dtype=np.int64)]
 
 
-def read_dynamics(path: str) -> dict[str, np.ndarray]:
-    """Read a ``dynamics.parquet`` into ``{column: array}``; raises :class:`DataError` if it is missing columns."""
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except (FileNotFoundError, OSError) as exc:
-        raise DataError(f"dynamics file {path}: {exc}") from None
-    missing = {"id", "epoch"} - set(table.column_names)
-    if missing:
-        raise DataError(f"dynamics file {path} lacks column(s) {', '.join(sorted(missing))}")
-    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
-
-
 #: score name -> (dynamics column, scoring function, higher keeps)
 DYNAMICS_SCORES = {
     "forgetting": ("correct", forgetting_scores, True),
@@ -296,91 +284,3 @@ def dynamics_scores(table: dict[str, np.ndarray], score: str, *, max_epoch: int 
     if score == "forgetting":
         return fn(table["id"], table["epoch"], table[column])
     return fn(table["id"], table["epoch"], table[column], max_epoch=max_epoch)
-
-
-# ---- selection strategies (registered in selector.strategies.STRATEGIES) --------------------------------------
-
-
-def _dynamics_strategy(
-    score: str, inp: StrategyInput, dynamics: str | None, max_epoch: int | None, descending: bool | None
-):
-    _, _, higher_keeps = DYNAMICS_SCORES[score]
-    if dynamics is not None:
-        unique, values = dynamics_scores(read_dynamics(dynamics), score, max_epoch=max_epoch)
-        lookup = dict(zip(unique.tolist(), values.tolist()))
-        raw = np.array([lookup.get(str(i), np.nan) for i in inp.ids], dtype=np.float64)
-        n_missing = int(sum(str(i) not in lookup for i in inp.ids))
-        if n_missing:
-            logger.warning("%s: %d of %d rows have no record in %s and rank last", score, n_missing, inp.n, dynamics)
-    elif inp.scores is not None:
-        raw = np.asarray(inp.scores, dtype=np.float64)
-    else:
-        raise ConfigError(
-            f"strategy {score!r} needs dynamics='path/to/dynamics.parquet' (written by recipes/finetune.py) or a "
-            f"precomputed score column (score_column= / scores=)"
-        )
-    keep_high = higher_keeps if descending is None else bool(descending)
-    order = rank_by_score(raw, inp.tie_rank, descending=keep_high)
-    info = {"dynamics": dynamics, "max_epoch": max_epoch, "direction": "high" if keep_high else "low"}
-    return StrategyResult(order=order, score=raw if keep_high else -raw, info=info)
-
-
-@strategy()
-def forgetting_strategy(inp: StrategyInput, *, dynamics: str | None = None, descending: bool | None = None):
-    """Keep the most forgettable rows (Toneva et al.): most learned->forgotten transitions; never learned first.
-
-    Scores come from ``dynamics`` (a ``dynamics.parquet`` path) or, without it, from the precomputed scores
-    (``score_column=`` / ``scores=``) read as raw forgetting counts. ``descending=False`` keeps the least
-    forgettable instead. Rows without a record rank last.
-    """
-    return _dynamics_strategy("forgetting", inp, dynamics, None, descending)
-
-
-@strategy()
-def el2n_strategy(
-    inp: StrategyInput, *, dynamics: str | None = None, max_epoch: int | None = None, descending: bool | None = None
-):
-    """Keep the rows with the highest EL2N (Paul et al.) averaged over epochs ``<= max_epoch`` (early training).
-
-    Same inputs as :func:`forgetting_strategy`; precomputed scores are raw EL2N values.
-    """
-    return _dynamics_strategy("el2n", inp, dynamics, max_epoch, descending)
-
-
-@strategy()
-def grand_strategy(
-    inp: StrategyInput, *, dynamics: str | None = None, max_epoch: int | None = None, descending: bool | None = None
-):
-    """Keep the rows with the largest GraNd (per-example gradient norm) over epochs ``<= max_epoch``."""
-    return _dynamics_strategy("grand", inp, dynamics, max_epoch, descending)
-
-
-@strategy()
-def curvature_strategy(
-    inp: StrategyInput, *, dynamics: str | None = None, max_epoch: int | None = None, descending: bool | None = None
-):
-    """Keep the rows with the *lowest* input loss curvature (Garg & Roy); ``descending=True`` keeps the highest.
-
-    Same inputs as :func:`forgetting_strategy`; precomputed scores are raw curvature values (low = keep).
-    """
-    return _dynamics_strategy("curvature", inp, dynamics, max_epoch, descending)
-
-
-@strategy(needs=("embeddings",))
-def herding_strategy(inp: StrategyInput):
-    """Herding on embeddings: the first ``budget`` rows whose running mean best matches the pool mean.
-
-    Only the budget is ordered (each step costs a pass over the pool); the other rows are excluded.
-    """
-    order = herding(inp.embeddings, inp.budget)
-    return StrategyResult(order=order, info={"n_picked": int(order.size)})
-
-
-@strategy(needs=("embeddings",))
-def kcenter_strategy(inp: StrategyInput):
-    """k-center greedy on embeddings (Euclidean): each pick is the row farthest from all earlier picks.
-
-    The first center is drawn with ``random_state``; only the budget is ordered, the other rows are excluded.
-    """
-    order = kcenter_greedy(inp.embeddings, inp.budget, random_state=inp.random_state)
-    return StrategyResult(order=order, info={"n_picked": int(order.size)})

@@ -2,6 +2,11 @@
 
 The CLI turns any :class:`VLSelectError` into ``error: <message>`` and exit code 2, so raise these (never a
 bare ``ValueError``) for mistakes a user can fix: a bad path, a file that does not parse, a missing extra.
+
+Each class also derives from the built-in exception Python and scikit-learn use for the same mistake
+(``ValueError`` for bad values, ``TypeError`` for input of the wrong kind, ``ImportError`` for a missing package),
+so code written against scikit-learn's estimator contract (``check_estimator``, ``except ValueError``) handles
+them as it handles scikit-learn's own errors.
 """
 
 from __future__ import annotations
@@ -11,11 +16,15 @@ class VLSelectError(Exception):
     """Base class for errors caused by user input or environment, reported without a traceback."""
 
 
-class DataError(VLSelectError):
+class DataError(VLSelectError, ValueError):
     """The input data can't be read as asked (unknown format, unparsable file, empty dataset, ...)."""
 
 
-class ConfigError(VLSelectError):
+class DataTypeError(DataError, TypeError):
+    """The input is of a kind that can't be used at all (a dict where a number belongs, ...)."""
+
+
+class ConfigError(VLSelectError, ValueError):
     """A configuration file or option is invalid (unknown key, wrong type, impossible value)."""
 
 

@@ -102,37 +102,61 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def load_yaml_mapping(path: str | os.PathLike, *, what: str = "config file") -> dict[str, Any]:
-    """Read a YAML file that must hold a mapping (an empty file is ``{}``), with ``yaml.safe_load``."""
+    """Read a YAML file that must hold a mapping (an empty file is ``{}``), with ``yaml.safe_load``.
+
+    Args:
+        path: the file.
+        what: how the file is named in errors (``"metric config"``, ``"judge prompt"``).
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        raise ConfigError(f"cannot read {what} {path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"cannot read {what} {path}: is a directory, expected a YAML file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path}: not UTF-8 text ({exc.reason})") from None
+    return parse_yaml_mapping(text, source=path, what=what)
+
+
+def parse_yaml_mapping(text: str, *, source: str, what: str = "config file") -> dict[str, Any]:
+    """Parse YAML text that must hold a mapping (empty text is ``{}``); ``source`` names it in errors."""
     import yaml
 
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {os.fspath(path)}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{what} {os.fspath(path)}: is a directory, expected a YAML file") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{what} {os.fspath(path)}: not UTF-8 text ({exc.reason})") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} {os.fspath(path)} is not valid YAML: {' '.join(str(exc).split())}") from None
+        raise ConfigError(f"{what} {source} is not valid YAML: {' '.join(str(exc).split())}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{what} {os.fspath(path)}: expected a mapping of key: value, got {type(data).__name__}")
+        raise ConfigError(f"{what} {source} must be a YAML mapping of key: value, got {type(data).__name__}")
     return data
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[Any]:
     """Yield the parsed object of every non-blank line of a JSONL file."""
+    for _, obj in iter_jsonl_lines(path):
+        yield obj
+
+
+def iter_jsonl_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line number, parsed object)`` for every non-blank line, for readers that name lines in errors."""
     with open(path, encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
+                obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{os.fspath(path)}: invalid JSON on line {lineno}: {exc.msg}") from None
+            yield lineno, obj
 
 
 def read_jsonl(path: str | os.PathLike) -> list[Any]:

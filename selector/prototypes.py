@@ -29,9 +29,12 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
 
-from selector.cluster import KMeans, l2_normalize, seed_from
+from selector.cluster import KMeans, l2_normalize, seed_from, validate_rows
 from selector.errors import ConfigError, DataError
+from selector.rows import parse_budget, resolve_budget
 
 logger = logging.getLogger(__name__)
 
@@ -356,30 +359,33 @@ def semdedup(
 def _fit_spherical_kmeans(estimator: SSLPrototypes | SemDeDup, X) -> tuple[np.ndarray, KMeans]:
     """Check ``estimator.keep`` and ``X``, then fit the spherical k-means both estimators start from.
 
-    Returns ``(X as an array, fitted KMeans)``; ``n_clusters`` is capped at the number of rows.
+    Returns ``(X as a float array, fitted KMeans)``; ``n_clusters`` is capped at the number of rows. Sets
+    ``estimator.n_features_in_``.
     """
     _check_keep(estimator.keep)
-    X = np.asarray(X)
-    if X.ndim != 2 or X.shape[0] == 0:
-        raise DataError(f"{type(estimator).__name__} needs a non-empty (n, d) array, got shape {X.shape}")
-    k = min(int(estimator.n_clusters), X.shape[0])
+    X = validate_rows(X, estimator=estimator)
+    k = estimator.n_clusters
+    if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+        k = min(int(k), X.shape[0])
     kmeans = KMeans(k, spherical=True, backend=estimator.backend, random_state=estimator.random_state)
     return X, kmeans.fit(X)
 
 
-class SSLPrototypes:
+class SSLPrototypes(BaseEstimator):
     """SSL-prototypes pruning (Sorscher et al. 2022): spherical k-means, then keep by distance to the prototype.
 
     Args:
         n_clusters: number of prototypes (capped at the number of rows).
         keep: ``"hard"`` (far from the prototype first), ``"easy"`` (close first) or ``"random"``.
-        budget: rows kept by :meth:`predict`: an int count or a fraction in (0, 1].
+        budget: rows kept by :meth:`predict`: an int count or a fraction in (0, 1] (rounded half up), or
+            anything :func:`selector.rows.parse_budget` reads (``"30%"``).
         backend: k-means backend (see :class:`selector.cluster.KMeans`).
         random_state: seed for k-means and ``keep="random"``.
 
     Attributes:
         kmeans_: the fitted :class:`~selector.cluster.KMeans`.
         distance_: (n,) cosine distance of each training row to its prototype, in [0, 2].
+        n_features_in_: number of input features.
 
     Example:
         >>> import numpy as np
@@ -404,29 +410,39 @@ class SSLPrototypes:
         self.random_state = random_state
 
     def fit(self, X, y=None) -> SSLPrototypes:
+        """Cluster the rows of ``X`` (n, d) and measure each row's distance to its prototype; ``y`` is ignored.
+
+        Raises:
+            DataError: bad ``X`` (see :func:`selector.cluster.validate_rows`).
+            ConfigError: an unknown ``keep`` rule, a bad ``budget`` or k-means parameter.
+        """
+        parse_budget(self.budget)
         X, self.kmeans_ = _fit_spherical_kmeans(self, X)
         self.distance_ = centroid_distance(X, self.kmeans_.cluster_centers_, self.kmeans_.labels_)
         return self
 
     def score_samples(self, X) -> np.ndarray:
         """(n,) "high = keep" score: the distance to the prototype (hard), 2 - distance (easy) or a random draw."""
-        if not hasattr(self, "kmeans_"):
-            raise ConfigError("this SSLPrototypes is not fitted yet; call fit(X) first")
-        X = np.asarray(X)
+        check_is_fitted(self)
+        X = validate_rows(X, estimator=self, reset=False)
         distance = centroid_distance(X, self.kmeans_.cluster_centers_, self.kmeans_.predict(X))
         return keep_scores(distance, self.keep, self.random_state)
 
     def predict(self, X) -> np.ndarray:
-        """(n,) bool mask of the ``budget`` highest-scoring rows (ties: lower row index)."""
+        """(n,) bool mask of the ``budget`` highest-scoring rows (ties: lower row index).
+
+        A fractional budget rounds half up (:func:`selector.rows.resolve_budget`: 0.5 of 5 rows is 3); a count
+        above the number of rows keeps every row.
+        """
         scores = self.score_samples(X)
-        n_keep = _budget_count(self.budget, scores.shape[0])
+        n_keep = min(resolve_budget(self.budget, scores.shape[0]), scores.shape[0])
         order = np.lexsort((np.arange(scores.shape[0]), np.where(np.isnan(scores), np.inf, -scores)))
         mask = np.zeros(scores.shape[0], dtype=bool)
         mask[order[:n_keep]] = True
         return mask
 
 
-class SemDeDup:
+class SemDeDup(BaseEstimator):
     """SemDeDup as an estimator: spherical k-means, then remove within-cluster near-duplicates.
 
     Args:
@@ -439,7 +455,9 @@ class SemDeDup:
         backend, random_state: as for :class:`~selector.cluster.KMeans`.
 
     Attributes:
-        kmeans_, result_ (:class:`SemDeDupResult` of the training rows).
+        kmeans_: the fitted :class:`~selector.cluster.KMeans`.
+        result_: :class:`SemDeDupResult` of the training rows.
+        n_features_in_: number of input features.
 
     Example:
         >>> import numpy as np
@@ -467,11 +485,16 @@ class SemDeDup:
         self.random_state = random_state
 
     def fit(self, X, y=None) -> SemDeDup:
+        """Cluster the rows of ``X`` (n, d) and mark the near-duplicates inside each cluster; ``y`` is ignored.
+
+        Raises:
+            DataError: bad ``X`` (see :func:`selector.cluster.validate_rows`).
+            ConfigError: an unknown ``keep`` rule, a bad ``eps``, ``block_size`` or k-means parameter.
+        """
         X, self.kmeans_ = _fit_spherical_kmeans(self, X)
         distance = centroid_distance(X, self.kmeans_.cluster_centers_, self.kmeans_.labels_)
         priority = keep_scores(distance, self.keep, self.random_state)
         self.result_ = semdedup(X, self.kmeans_.labels_, self.eps, priority=priority, block_size=self.block_size)
-        self._train_X_shape = X.shape
         return self
 
     def score_samples(self, X) -> np.ndarray:
@@ -486,19 +509,6 @@ class SemDeDup:
         return self.result_.keep[0].copy()
 
     def _check(self, X) -> None:
-        if not hasattr(self, "result_"):
-            raise ConfigError("this SemDeDup is not fitted yet; call fit(X) first")
-        if np.asarray(X).shape != self._train_X_shape:
+        check_is_fitted(self)
+        if np.shape(X) != (self.result_.keep.shape[1], self.n_features_in_):
             raise DataError("SemDeDup scores the rows it was fitted on; call fit(X) on the new rows")
-
-
-def _budget_count(budget, n: int) -> int:
-    if isinstance(budget, bool):
-        raise ConfigError(f"budget must be an int count or a fraction in (0, 1], got {budget!r}")
-    if isinstance(budget, (int, np.integer)):
-        if budget < 0:
-            raise ConfigError(f"budget must be >= 0, got {budget}")
-        return min(int(budget), n)
-    if isinstance(budget, (float, np.floating)) and 0 < budget <= 1:
-        return int(round(float(budget) * n))
-    raise ConfigError(f"budget must be an int count or a fraction in (0, 1], got {budget!r}")

@@ -262,20 +262,75 @@ def rng(random_state: Any) -> np.random.Generator:
 def column_array(ds: Any, column: str, dtype: Any = np.float64) -> np.ndarray:
     """A dataset column (``datasets.Dataset``, DataFrame or mapping) as a numpy array; None becomes NaN.
 
-    Vector columns (``emb_*``) come back as a 2-D array. Raises ``DataError`` naming the available columns
-    when ``column`` does not exist.
+    Vector columns (``emb_*``) come back as a 2-D array; a None or empty vector becomes a NaN row. Raises
+    ``DataError`` naming the available columns when ``column`` does not exist, and when a vector column's rows
+    differ in length.
+
+    Args:
+        ds: the rows.
+        column: the column name.
+        dtype: the numeric dtype to convert to; None keeps the stored values (numbers and vectors as numeric
+            arrays, strings and None as an object array), for code that reads ``id`` and ``error`` too.
     """
-    names = list(getattr(ds, "column_names", None) or getattr(ds, "columns", None) or list(ds.keys()))
+    # `is None` tests, not `or`: a DataFrame's `columns` Index has no truth value.
+    names = getattr(ds, "column_names", None)
+    if names is None:
+        names = getattr(ds, "columns", None)
+    names = list(ds.keys() if names is None else names)
     if column not in names:
         raise DataError(f"no column {column!r}; available: {', '.join(map(str, names))}")
-    if hasattr(ds, "with_format") and hasattr(ds, "column_names"):
-        values = ds.with_format("numpy")[column]
-        values = values if isinstance(values, np.ndarray) else np.asarray(list(values), dtype=object)
+    if hasattr(ds, "select_columns") and hasattr(ds, "with_format"):
+        # select_columns(...)[:] gives one numpy array (not a lazy Column read row by row) and honours the
+        # index mapping that `select` / `shuffle` leave on a Dataset.
+        values = ds.select_columns([column]).with_format("numpy")[:][column]
     else:
         values = ds[column]
-        values = values.to_numpy() if hasattr(values, "to_numpy") else np.asarray(list(values), dtype=object)
+        values = values.to_numpy() if hasattr(values, "to_numpy") else values
+    if not isinstance(values, np.ndarray):
+        values = _object_array(values)
+    if values.dtype.kind in "US":
+        values = values.astype(object)
     if values.dtype == object:
-        if values.size and isinstance(values.flat[0], (list, np.ndarray)):
-            return np.stack([np.asarray(v, dtype=dtype) for v in values]) if values.size else values.astype(dtype)
-        return np.array([np.nan if v is None else v for v in values], dtype=dtype)
-    return values.astype(dtype, copy=False)
+        if any(isinstance(v, (list, tuple, np.ndarray)) for v in values):
+            return _stack_vectors(values, column, dtype)
+        if dtype is None:
+            return values
+        values = np.array([np.nan if v is None else v for v in values], dtype=object)
+    try:
+        return values if dtype is None else values.astype(dtype, copy=False)
+    except (TypeError, ValueError):
+        raise DataError(f"column {column!r} holds values that are not numbers") from None
+
+
+def embedding_matrix(ds: Any, column: str) -> np.ndarray:
+    """An ``emb_*`` column as an (n, d) float32 matrix; None or empty entries become NaN rows (= missing)."""
+    matrix = column_array(ds, column, dtype=None)
+    if matrix.ndim == 1 and matrix.size == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    if matrix.ndim != 2:
+        raise DataError(f"column {column!r} holds scalar values, expected one vector per row")
+    return np.ascontiguousarray(matrix, dtype=np.float32)
+
+
+def _object_array(values: Iterable[Any]) -> np.ndarray:
+    # Filled one by one: np.asarray would turn equal-length vectors into a 2-D object array.
+    values = list(values)
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        out[i] = value
+    return out
+
+
+def _stack_vectors(values: np.ndarray, column: str, dtype: Any) -> np.ndarray:
+    rows = [None if v is None else np.asarray(v) for v in values]
+    present = [r for r in rows if r is not None and r.size]
+    shapes = {r.shape for r in present}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 1:
+        raise DataError(f"column {column!r} is not a vector column (row shapes: {sorted(shapes)[:3]})")
+    if dtype is None:
+        dtype = np.result_type(*(r.dtype for r in present[:1]), np.float32)
+    out = np.full((len(rows), present[0].shape[0]), np.nan, dtype=dtype)
+    for i, r in enumerate(rows):
+        if r is not None and r.size:
+            out[i] = r
+    return out

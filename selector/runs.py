@@ -8,13 +8,13 @@
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import shutil
 import tempfile
 from typing import Any
 
 from selector.errors import DataError
+from selector.fileio import read_json, write_json
 
 MANIFEST = "manifest.json"
 
@@ -24,11 +24,7 @@ def read_manifest(folder: str) -> dict[str, Any]:
     path = os.path.join(folder, MANIFEST)
     if not os.path.exists(path):
         return {}
-    with open(path, encoding="utf-8") as handle:
-        try:
-            return json.load(handle)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    return read_json(path)
 
 
 def load_scored(path: str):
@@ -48,16 +44,6 @@ def load_scored(path: str):
     return ds
 
 
-def _json_default(value):
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
 def write_selection(
     dataset,
     selection,
@@ -71,11 +57,14 @@ def write_selection(
 
     The folder is written beside ``out`` and renamed into place, so an interrupted write never leaves a
     half-written result. ``extra`` entries are added to the manifest. Returns the manifest.
+
+    The manifest's ``counts.n_clusters`` and ``clusters`` count only real clusters: rows whose cluster id is
+    missing (-1, None or NaN) were never selected and belong to no cluster.
     """
     import numpy as np
 
     from selector import __version__
-    from selector.strategies import select_dataset
+    from selector.selection import select_dataset
 
     out = os.path.abspath(out)
     result = select_dataset(dataset, selection, keep_rejected=keep_rejected)
@@ -113,9 +102,7 @@ def write_selection(
     staging = tempfile.mkdtemp(prefix=".select-", dir=parent)
     try:
         result.save_to_disk(staging)
-        with open(os.path.join(staging, MANIFEST), "w", encoding="utf-8") as fh:
-            json.dump(manifest, fh, indent=2, default=_json_default, ensure_ascii=False)
-            fh.write("\n")
+        write_json(os.path.join(staging, MANIFEST), manifest)
         if os.path.exists(out):
             shutil.rmtree(out)
         os.replace(staging, out)

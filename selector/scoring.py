@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from selector.errors import ConfigError, DataError
+from selector.fileio import atomic_open, atomic_write_text, write_json
+from selector.rows import column_array, error_kind
 from selector.runs import MANIFEST
 
 logger = logging.getLogger(__name__)
@@ -277,7 +279,7 @@ def _run_dataset_part(scored, metric):
     for name in metric.fit_columns():
         if name not in scored.column_names:
             raise DataError(f"metric {metric.name!r} needs column {name!r}, which no metric produced")
-        columns[name] = column_numpy(scored, name)
+        columns[name] = column_array(scored, name, dtype=None)
     out = metric.fit_transform(columns)
     for column, values in out.items():
         values = np.asarray(values)
@@ -287,14 +289,6 @@ def _run_dataset_part(scored, metric):
             scored = scored.remove_columns(column)
         scored = scored.add_column(column, _column_values(values), feature=_feature_for(values))
     return scored
-
-
-def column_numpy(dataset, name: str) -> np.ndarray:
-    """One column as a numpy array: ``(n,)`` scores, ``(n, d)`` embeddings, object arrays for strings/None."""
-    values = dataset.select_columns([name]).with_format("numpy")[:][name]
-    if isinstance(values, np.ndarray) and values.dtype.kind == "U":
-        values = values.astype(object)
-    return np.asarray(values) if not isinstance(values, np.ndarray) else values
 
 
 def _feature_for(values: np.ndarray):
@@ -374,10 +368,9 @@ class _ShardStore:
         import pyarrow.parquet as pq
 
         data, done = self._paths(name, key, start, end)
-        tmp = f"{data}.tmp-{os.getpid()}"
-        pq.write_table(part.data.table, tmp)
-        os.replace(tmp, data)
-        _atomic_write(done, json.dumps({"rows": [start, end], "key": key}))
+        with atomic_open(data, "wb") as handle:
+            pq.write_table(part.data.table, handle)
+        atomic_write_text(done, json.dumps({"rows": [start, end], "key": key}))
 
     def finish(self, scored, manifest: dict):
         """Write the final ``save_to_disk`` folder and the manifest; return the dataset loaded from it."""
@@ -393,17 +386,8 @@ class _ShardStore:
         for name in sorted(new_files, key=lambda f: f == "state.json"):  # state.json last: it names the files
             os.replace(os.path.join(staging, name), os.path.join(self.out_dir, name))
         os.rmdir(staging)
-        _atomic_write(os.path.join(self.out_dir, MANIFEST), json.dumps(manifest, indent=2, default=str) + "\n")
+        write_json(os.path.join(self.out_dir, MANIFEST), manifest)
         return load_from_disk(self.out_dir)
-
-
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -424,17 +408,16 @@ def build_manifest(scored, metric_list, *, config: dict, input_info: dict, secon
     """The manifest written beside a scoring run: resolved configuration, versions, model ids and resolved
     revisions, input fingerprint, seed, and row / NaN counts per metric."""
     from metrics.registry import registry_name
-    from selector.data.schema import error_kind
 
     errors = scored["error"] if "error" in scored.column_names else [None] * len(scored)
-    error_counts = Counter(error_kind(e) for e in errors if e is not None)
+    error_counts = Counter(kind for kind in map(error_kind, errors) if kind is not None)
     metric_entries = []
     for metric in metric_list:
         columns = [c for c in metric.output_columns() if c in scored.column_names]
         nan_counts = {}
         arrays = {}
         for column in columns:
-            values = arrays[column] = column_numpy(scored, column)
+            values = arrays[column] = column_array(scored, column, dtype=None)
             if values.dtype.kind != "f":
                 continue
             bad = np.isnan(values) if values.ndim == 1 else np.isnan(values).all(axis=1)

@@ -4,6 +4,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from sklearn.exceptions import NotFittedError
 
 from selector.errors import ConfigError, DataError
 from selector.prototypes import (
@@ -144,10 +145,19 @@ def test_ssl_prototypes_estimator():
     easy = SSLPrototypes(n_clusters=5, keep="easy", budget=50).fit(X)
     assert est.distance_[easy.predict(X)].max() <= est.distance_[~easy.predict(X)].min() + 1e-6
     assert SSLPrototypes().n_clusters == 100
-    with pytest.raises(ConfigError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         SSLPrototypes().score_samples(X)
     with pytest.raises(ConfigError, match="budget"):
-        SSLPrototypes(n_clusters=2, budget=1.5).fit(X).predict(X)
+        SSLPrototypes(n_clusters=2, budget=1.5).fit(X)
+    with pytest.raises(ConfigError, match="budget"):
+        SSLPrototypes(n_clusters=2, budget=0).fit(X)
+
+
+@pytest.mark.parametrize(("budget", "n_kept"), [(0.5, 3), (0.3, 2), (0.1, 1), ("40%", 2), (2.0, 2), (9, 5)])
+def test_ssl_prototypes_budget_follows_the_shared_rule(budget, n_kept):
+    # selector.rows.resolve_budget: fractions round half up (0.5 of 5 rows is 3), counts are capped at the rows
+    X = np.random.default_rng(0).normal(size=(5, 4))
+    assert SSLPrototypes(n_clusters=2, budget=budget).fit(X).predict(X).sum() == n_kept
 
 
 def test_semdedup_estimator():

@@ -128,7 +128,7 @@ def test_stratify_and_topk_column(tmp_path):
     "extra, message",
     [
         (["--strategy", "nope", "--budget", "5"], "unknown strategy 'nope'"),
-        (["--strategy", "random", "--budget", "many"], "is not a count"),
+        (["--strategy", "random", "--budget", "many"], "--budget: expected a count"),
         (["--strategy", "random", "--budget", "1.5"], "fraction"),
         (["--strategy", "topk", "--budget", "5"], "needs score_column="),
         (["--strategy", "dbp", "--budget", "5", "-o", "n_cluster=3"], "has no option"),

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import inspect
 import logging
 
 import numpy as np
@@ -14,6 +15,7 @@ from selector.strategies import (
     StrategyInput,
     StrategyResult,
     available_strategies,
+    get_strategy,
     rank_by_score,
     resolve_budget,
     select,
@@ -23,9 +25,6 @@ from selector.strategies import (
     strategy,
     strategy_options,
 )
-
-BUILTIN = ["random", "topk", "ssl_prototypes", "semdedup", "dbp", "instructiongpt4"]
-SMALL = {"ssl_prototypes": {"n_clusters": 4}, "semdedup": {"n_clusters": 4}, "dbp": {"n_clusters": 4}}
 
 
 def pool(n=120, d=8, seed=0, n_errors=5):
@@ -41,44 +40,105 @@ def pool(n=120, d=8, seed=0, n_errors=5):
     return X, scores, ids, errors
 
 
-@pytest.mark.parametrize("name", BUILTIN)
-def test_every_strategy_meets_the_budget_and_skips_errors(name):
-    X, scores, ids, errors = pool()
-    sel = select_arrays(X, 30, name, scores=scores, ids=ids, errors=errors, **SMALL.get(name, {}))
+def contract_inputs(name, tmp_path, seed=0):
+    """The inputs strategy ``name`` needs, built from its ``needs`` and options, for the 120-row pool.
+
+    Returns ``(per_row, options)``: per-row arrays for :func:`select_arrays` (``embeddings`` is positional) and
+    the options (small ``n_clusters``; a ``dynamics.parquet`` for the training-dynamics strategies).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    X, scores, ids, errors = pool(seed=seed)
+    per_row = {"embeddings": None, "ids": np.array(ids), "errors": np.array(errors, dtype=object)}
+    for need in get_strategy(name).needs:
+        first = need.split("|")[0]
+        if first == "embeddings":
+            per_row["embeddings"] = X
+        elif first == "scores":
+            per_row["scores"] = scores
+        elif first == "clusters":
+            per_row["clusters"] = np.argmax(X[:, :4], axis=1)
+    defaults = strategy_options(name)
+    options = {"n_clusters": 4} if "n_clusters" in defaults else {}
+    if "dynamics" in defaults:
+        rng = np.random.default_rng(seed)
+        rows = [(i, e) for i in ids for e in range(3)]
+        table = pa.table(
+            {
+                "id": pa.array([i for i, _ in rows], pa.string()),
+                "epoch": pa.array([e for _, e in rows], pa.int64()),
+                "correct": pa.array(rng.random(len(rows)) < 0.6, pa.bool_()),
+                "el2n": pa.array(rng.random(len(rows)), pa.float32()),
+                "grad_norm": pa.array(rng.random(len(rows)), pa.float32()),
+                "curvature": pa.array(rng.random(len(rows)), pa.float32()),
+            }
+        )
+        path = tmp_path / f"dynamics-{seed}.parquet"
+        pq.write_table(table, path)
+        options["dynamics"] = str(path)
+    return per_row, options
+
+
+def _select(per_row, budget, name, perm=None, **kwargs):
+    rows = {k: (v if v is None or perm is None else v[perm]) for k, v in per_row.items()}
+    embeddings = rows.pop("embeddings")
+    return select_arrays(embeddings, budget, name, **rows, **kwargs)
+
+
+def test_registry_lists_every_strategy_and_each_follows_the_decorator_contract():
+    assert set(STRATEGIES) <= set(available_strategies())
+    assert len(available_strategies()) >= 12
+    for name in available_strategies():
+        fn = get_strategy(name)
+        assert isinstance(fn.needs, tuple), name  # declared with @strategy(needs=...)
+        # every option has a default, so `select(ds, budget, name)` works without options
+        assert all(value is not inspect.Parameter.empty for value in strategy_options(name).values()), name
+
+
+@pytest.mark.parametrize("name", available_strategies())
+def test_strategy_contract_budget_errors_reasons(name, tmp_path):
+    per_row, options = contract_inputs(name, tmp_path)
+    sel = _select(per_row, 30, name, **options)
     assert sel.n_selected == 30 and sel.n_budget == 30
-    err = np.array([e is not None for e in errors])
+    err = np.array([e is not None for e in per_row["errors"]])
     assert not sel.mask[err].any()
     assert all(r == "error corrupt_image" for r in sel.reason[err])
     assert sorted(sel.rank[sel.mask].tolist()) == list(range(30))
     assert np.all(sel.rank[err] == -1)
+    assert all(isinstance(r, str) and r for r in sel.reason)
     assert all(r.startswith("selected") for r in sel.reason[sel.mask])
     assert sel.indices.shape == (30,) and np.all(np.diff(sel.rank[sel.indices]) > 0)
+    assert sel.options == {**strategy_options(name), **options}
     summary = sel.summary()
     assert summary["n_selected"] == 30 and summary["reasons"]["error"] == 5 and summary["n_eligible"] == 115
 
 
-@pytest.mark.parametrize("name", BUILTIN)
-def test_permuted_rows_give_the_same_selection_and_seed_is_deterministic(name):
-    X, scores, ids, errors = pool(seed=1)
-    opts = SMALL.get(name, {})
-    a = select_arrays(X, 25, name, scores=scores, ids=ids, errors=errors, random_state=7, **opts)
-    b = select_arrays(X, 25, name, scores=scores, ids=ids, errors=errors, random_state=7, **opts)
+@pytest.mark.parametrize("name", available_strategies())
+def test_strategy_contract_permutation_and_seed(name, tmp_path):
+    per_row, options = contract_inputs(name, tmp_path, seed=1)
+    a = _select(per_row, 25, name, random_state=7, **options)
+    b = _select(per_row, 25, name, random_state=7, **options)
     np.testing.assert_array_equal(a.mask, b.mask)
     np.testing.assert_array_equal(a.rank, b.rank)
-    perm = np.random.default_rng(3).permutation(len(ids))
-    c = select_arrays(
-        X[perm],
-        25,
-        name,
-        scores=scores[perm],
-        ids=np.array(ids)[perm],
-        errors=[errors[i] for i in perm],
-        random_state=7,
-        **opts,
-    )
+    perm = np.random.default_rng(3).permutation(len(per_row["ids"]))
+    c = _select(per_row, 25, name, perm=perm, random_state=7, **options)
     np.testing.assert_array_equal(c.mask, a.mask[perm])
     np.testing.assert_array_equal(c.rank, a.rank[perm])
     np.testing.assert_array_equal(c.reason, a.reason[perm])
+
+
+@pytest.mark.parametrize("name", available_strategies())
+def test_strategy_contract_missing_cluster_rows_are_never_selected(name, tmp_path):
+    per_row, options = contract_inputs(name, tmp_path)
+    clusters = np.array(per_row.get("clusters", np.arange(120) % 3), dtype=object)
+    clusters[[0, 1, 2]] = [-1, None, float("nan")]
+    # a given cluster column is used by every strategy: rows without a cluster are not eligible.
+    sel = _select({**per_row, "clusters": clusters}, 100, name, **options)
+    assert not sel.mask[[0, 1, 2]].any()
+    for i in (0, 1, 2):
+        assert sel.reason[i] in ("missing clusters", "error corrupt_image")
+    assert sel.n_selected == min(100, sel.summary()["n_eligible"])
 
 
 def test_random_seed_changes_the_selection():
@@ -118,12 +178,13 @@ def test_fraction_budget_counts_the_whole_pool_and_too_few_rows_warn(caplog):
 def test_budget_validation():
     assert resolve_budget(0.25, 10) == 3  # rounds half up
     assert resolve_budget(1.0, 7) == 7
-    assert resolve_budget(0, 7) == 0
-    for bad in (-1, 0.0, 1.5, True, "10", None):
+    assert resolve_budget("10", 7) == 10 and resolve_budget(10.0, 7) == 10
+    for bad in (0, -1, 0.0, 1.5, True, "many", None):
         with pytest.raises(ConfigError, match="budget"):
             resolve_budget(bad, 10)
     X, scores, ids, _ = pool(n=20)
-    assert select_arrays(X, 0, "dbp", ids=ids, n_clusters=3).n_selected == 0
+    with pytest.raises(ConfigError, match="budget: must be above 0"):
+        select_arrays(X, 0, "dbp", ids=ids, n_clusters=3)
 
 
 def test_unknown_strategy_option_and_missing_inputs():
@@ -277,7 +338,7 @@ def test_public_names_are_lazy():
 @given(
     n=st.integers(1, 40),
     frac=st.floats(0.0, 1.0),
-    name=st.sampled_from(BUILTIN),
+    name=st.sampled_from(available_strategies()),
     seed=st.integers(0, 1000),
     n_errors=st.integers(0, 5),
 )
@@ -288,7 +349,7 @@ def test_properties_exact_budget_seed_and_permutation(n, frac, name, seed, n_err
     scores[rng.random(n) < 0.2] = np.nan
     ids = [f"id{rng.integers(1e9)}-{i}" for i in range(n)]
     errors = [("bad_row: x" if i < n_errors else None) for i in range(n)]
-    budget = int(round(frac * n))
+    budget = max(1, int(round(frac * n)))  # a budget of 0 is an error
     opts = {"n_clusters": 3} if name in ("ssl_prototypes", "semdedup", "dbp", "instructiongpt4") else {}
     a = select_arrays(X, budget, name, scores=scores, ids=ids, errors=errors, random_state=seed, **opts)
     assert a.n_selected == min(budget, max(n - n_errors, 0))

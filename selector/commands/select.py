@@ -4,8 +4,9 @@ Writes a ``save_to_disk`` folder to ``--out`` (the selected rows, or with ``--ke
 ``selected``, ``selection_rank`` and ``selection_reason``) and ``manifest.json`` beside it: the resolved options,
 seed, budget, columns used, counts per reason, per cluster and per source, and warnings.
 
-Adding a flag: declare it in :func:`add_parser` and turn it into a :func:`selector.strategies.select` keyword in
-:func:`select_kwargs` (e.g. per-row ``scores`` from a learned selector).
+Adding a flag: declare it in :func:`add_parser` and turn it into a :func:`selector.selection.select` keyword in
+:func:`select_kwargs` (e.g. per-row ``scores`` from a learned selector). ``--budget`` follows the budget rule of
+:func:`selector.rows.parse_budget` (``200``, ``200.0``, ``0.3``, ``30%``; 0 or below is an error).
 """
 
 from __future__ import annotations
@@ -66,18 +67,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def parse_budget(text: str) -> int | float:
-    """``"200"`` -> 200, ``"0.3"`` -> 0.3, ``"30%"`` -> 0.3."""
-    from selector.errors import ConfigError
+    """``"200"`` and ``"200.0"`` -> 200, ``"0.3"`` and ``"30%"`` -> 0.3 (the rule of :func:`selector.rows.parse_budget`)."""
+    from selector.rows import parse_budget as parse
 
-    value = str(text).strip()
-    try:
-        if value.endswith("%"):
-            return float(value[:-1]) / 100.0
-        if value.isdigit():
-            return int(value)
-        return float(value)
-    except ValueError:
-        raise ConfigError(f"--budget {text!r} is not a count, a fraction or a percent") from None
+    return parse(text, name="--budget")
 
 
 def parse_options(items: list[str]) -> dict:
@@ -102,7 +95,7 @@ def parse_options(items: list[str]) -> dict:
 
 
 def select_kwargs(args: argparse.Namespace, dataset) -> dict:
-    """The keyword arguments of :func:`selector.strategies.select` that the flags ask for."""
+    """The keyword arguments of :func:`selector.selection.select` that the flags ask for."""
     from selector.errors import ConfigError
 
     scores = None
@@ -145,7 +138,7 @@ def print_summary(selection, out: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from selector.runs import load_scored, write_selection
-    from selector.strategies import select
+    from selector.selection import select
 
     if args.quiet:
         from datasets.utils.logging import disable_progress_bar

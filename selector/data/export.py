@@ -31,6 +31,8 @@ from typing import Any
 from selector.data.formats import IMAGE_SUFFIXES, MINIGPT4_INSTRUCTION
 from selector.data.schema import IMAGE_TOKEN, error_kind, instruction
 from selector.errors import DataError
+from selector.fileio import atomic_open
+from selector.rows import is_usable_error
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +194,7 @@ class _JsonWriter:
 
 
 def _unusable(row: dict) -> str | None:
-    if row.get("error") is not None:
+    if not is_usable_error(row.get("error")):
         return f"error: the row has error {error_kind(row['error'])!r} and may have lost images; fix or drop it"
     if any(_image_bytes(image) is None for image in _all_images(row)):
         return "error: an image of the row has no bytes and no readable path"
@@ -205,14 +207,10 @@ def _with_source(out: dict, row: dict) -> dict:
     return out
 
 
-def _atomic_target(path: str, overwrite: bool) -> str:
+def _check_target(path: str, overwrite: bool) -> None:
     if os.path.exists(path) and not overwrite:
         raise DataError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=".vlselect-export-", dir=folder)
-    os.close(handle)
-    return temp
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
 
 def _export_json_rows(rows, path: str, convert, report: ExportReport, overwrite: bool) -> None:
@@ -221,20 +219,15 @@ def _export_json_rows(rows, path: str, convert, report: ExportReport, overwrite:
     Unusable rows (see :func:`_unusable`) go to ``report.skipped`` instead; ``files`` writes a row's images
     next to ``path`` and returns their relative references. The row's ``source`` is added to each record.
     """
-    temp = _atomic_target(path, overwrite)
+    _check_target(path, overwrite)
     files = _ImageFiles(os.path.dirname(os.path.abspath(path)))
-    try:
-        with open(temp, "w", encoding="utf-8") as handle, _JsonWriter(handle, path.endswith(".jsonl")) as out:
-            for row in rows:
-                reason = _unusable(row)
-                if reason:
-                    report.skipped.append((row["id"], reason))
-                    continue
-                out.add(_with_source(convert(row, files), row))
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
+    with atomic_open(path, "w") as handle, _JsonWriter(handle, path.endswith(".jsonl")) as out:
+        for row in rows:
+            reason = _unusable(row)
+            if reason:
+                report.skipped.append((row["id"], reason))
+                continue
+            out.add(_with_source(convert(row, files), row))
     report.n_written = out.n
     report.n_images = files.n_files
 
@@ -287,12 +280,12 @@ class _ParquetWriter:
     """Writes rows in ``datasets`` storage form to Parquet in batches, with the features in the metadata so
     ``datasets`` decodes images when it reads the file back."""
 
-    def __init__(self, path: str, features) -> None:
+    def __init__(self, where, features) -> None:
         import pyarrow.parquet as pq
 
         self.features = features
         self.schema = features.arrow_schema
-        self.writer = pq.ParquetWriter(path, self.schema)
+        self.writer = pq.ParquetWriter(where, self.schema)  # a path or an open binary file
         self.pending: list[dict] = []
         self.n = 0
 
@@ -315,18 +308,19 @@ class _ParquetWriter:
 
 
 def _export_parquet_rows(rows, path: str, features, convert, report: ExportReport, overwrite: bool) -> None:
-    temp = _atomic_target(path, overwrite)
-    writer = _ParquetWriter(temp, features)
-    try:
-        for row in rows:
-            out = convert(row)
-            if out is not None:
-                writer.add(out)
+    _check_target(path, overwrite)
+    with atomic_open(path, "wb") as handle:
+        writer = _ParquetWriter(handle, features)
+        try:
+            for row in rows:
+                out = convert(row)
+                if out is not None:
+                    writer.add(out)
+        except BaseException:
+            # close pyarrow's writer now: collected later, it would write its footer into the closed file.
+            writer.writer.close()
+            raise
         writer.close()
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
     report.n_written = writer.n
 
 

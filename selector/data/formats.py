@@ -115,7 +115,10 @@ def read_json(path: str) -> Any:
 
 def iter_jsonl(path: str) -> Iterator[tuple[int, Any, str | None]]:
     """Yield ``(line_number, record, error)`` for each non-blank line; a line that doesn't parse has
-    ``record=None`` and an ``invalid_json`` error, so the row is kept and counted instead of lost."""
+    ``record=None`` and an ``invalid_json`` error, so the row is kept and counted instead of lost.
+
+    This is the data loader's reader; :func:`selector.fileio.iter_jsonl` (vlselect's own files) fails on a bad
+    line instead, because there a bad line means a broken file, not a bad row."""
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():

@@ -21,6 +21,9 @@ import io
 import re
 from typing import Any
 
+# The error rule lives with the other row rules; re-exported because loaders and summaries read it from here.
+from selector.rows import error_kind  # noqa: F401
+
 IMAGE_TOKEN = "<image>"
 ROLES = ("system", "user", "assistant")
 CANONICAL_COLUMNS = ("id", "image", "images", "messages", "error", "source")
@@ -60,13 +63,6 @@ def features():
             "source": Value("string"),
         }
     )
-
-
-def error_kind(error: str | None) -> str | None:
-    """``"missing_image: x.jpg not found"`` -> ``"missing_image"``; None stays None."""
-    if error is None:
-        return None
-    return error.split(":", 1)[0].strip()
 
 
 def instruction(messages: list[dict[str, str]] | None) -> str | None:

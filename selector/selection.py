@@ -1,0 +1,679 @@
+"""Selection: the ``select`` / ``select_arrays`` / ``select_dataset`` entry points and the wrapper that applies the
+selection policies around every strategy of :mod:`selector.strategies`.
+
+Public API::
+
+    select(ds, budget, strategy, *, embedding_column=None, score_column=None, cluster_column=None,
+           stratify_column=None, scores=None, id_column="id", random_state=0, **options) -> Selection
+    select_arrays(embeddings, budget, strategy, *, scores=None, ids=None, errors=None, clusters=None,
+                  strata=None, random_state=0, **options) -> Selection
+    select_dataset(ds, selection, keep_rejected=False) -> datasets.Dataset
+
+``budget`` is read by :func:`selector.rows.parse_budget`: an int count, a whole float (``200.0`` is 200 rows), a
+fraction in (0, 1] of the *input pool* (all rows, error rows included; half rounds up, 0.5 of 5 rows is 3) or a
+percent string (``"30%"``); 0 or below is a ``ConfigError``. ``strategy`` is a registry name
+(:data:`selector.strategies.STRATEGIES`, plus the entry-point group ``vlselect.strategies``); ``"<name>:<column>"``
+(e.g. ``"topk:score_clip"``) names the score column for strategies that rank by a score. ``scores=`` supplies
+per-row scores from outside (e.g. ``LearnedSelector.score_samples(ds)``) instead of a column.
+
+Policies, applied once by the wrapper for every strategy (built-in or plugged in), in this order:
+
+1. the request: strategy, options, budget and seed are checked before any row is read;
+2. the row rules of :mod:`selector.rows` decide which rows are eligible, each ineligible row keeping the first
+   reason that applies: ``error`` of None, NaN or ``""`` means usable, anything else is never selected (reason
+   ``error <kind>``); a row lacking an input the strategy uses (a NaN embedding; a cluster id of -1, None or NaN)
+   is never selected (reason ``missing <column>``); NaN *scores* are kept and rank last;
+3. strata: strategies see the eligible rows ordered by a stable hash of ``id`` (blake2b), so k-means
+   initialisation and sampling, and hence the selection, do not depend on the input row order; the same
+   ``random_state`` gives the same selection; ties break by ``id`` (strategies get each row's lexicographic id
+   rank as ``tie_rank``). ``stratify_column`` (e.g. ``source``) splits the pool first: each stratum gets a budget
+   proportional to its eligible size (at least one row each while the budget allows) and the strategy runs per
+   stratum, so clustering can't erase a small task. With fewer eligible rows than the budget, all eligible rows
+   are selected and a warning is logged and stored in ``Selection.warnings``;
+4. the strategy runs per stratum; the first ``budget`` rows of its order are selected, so the budget is met
+   exactly whenever enough eligible rows exist;
+5. assembly: one global rank and a ``reason`` for every row: ``selected ...``, ``quota cluster=C rank=R/Q``,
+   ``dup_of=<id> cos=...``, ``budget rank=R``, ``excluded``, ``error <kind>``, ``missing <column>``; the first
+   word is the reason kind counted in :meth:`Selection.summary`.
+
+A further eligibility rule (e.g. hard filters on columns) is one more :meth:`_Pool.exclude` call between steps 2
+and 3, with its own reason kind added to :data:`INELIGIBLE_KINDS`.
+
+Example:
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).normal(size=(100, 8)).astype("float32")
+    >>> sel = select_arrays(X, 0.2, "ssl_prototypes", n_clusters=5)
+    >>> int(sel.mask.sum()), sel.reason[sel.indices[0]].split()[0]
+    (20, 'selected')
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from selector.errors import ConfigError, DataError
+from selector.rows import (
+    as_ids,
+    check_seed,
+    cluster_labels,
+    column_array,
+    embedding_matrix,
+    error_kind,
+    hash_order,
+    id_ranks,
+    parse_budget,
+    resolve_budget,
+    usable_mask,
+)
+from selector.strategies import (
+    StrategyInput,
+    StrategyResult,
+    check_result,
+    get_strategy,
+    parse_strategy,
+    resolve_options,
+    used_inputs,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Reason kinds of rows that no strategy sees (they are not eligible).
+INELIGIBLE_KINDS = ("error", "missing")
+
+
+@dataclass
+class Selection:
+    """Result of a selection over ``n`` input rows (input order).
+
+    Attributes:
+        ids: (n,) row ids.
+        mask: (n,) bool, True for selected rows.
+        rank: (n,) int64 position in the strategy's preference order: ``0 .. n_selected-1`` for selected rows
+            (0 = most wanted), then the rejected rows the strategy ranked; -1 for rows it could not rank
+            (errors, missing inputs, excluded).
+        cluster: (n,) int64 cluster of each row (-1 when the strategy has no clusters or the row was not
+            clustered, e.g. its cluster id was missing); unique across strata.
+        reason: (n,) str, see the module docstring.
+        score: (n,) float64 "high = keep" value the strategy ranked by; NaN where it has none.
+        strategy, budget, n_budget, random_state, options: the request (the budget as parsed: a count or a
+            fraction), the resolved budget count and options.
+        columns: which input columns were used.
+        warnings: messages also sent to the log.
+        info: per-stratum strategy info (quotas, thresholds, ...).
+
+    Example:
+        >>> sel = select_arrays(None, 2, "topk", scores=[0.1, 0.9, 0.5], ids=["a", "b", "c"])
+        >>> sel.ids[sel.indices].tolist(), sel.summary()["reasons"]
+        (['b', 'c'], {'budget': 1, 'selected': 2})
+    """
+
+    ids: np.ndarray
+    mask: np.ndarray
+    rank: np.ndarray
+    cluster: np.ndarray
+    reason: np.ndarray
+    score: np.ndarray
+    strategy: str
+    budget: int | float
+    n_budget: int
+    random_state: int
+    options: dict
+    columns: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.mask.shape[0])
+
+    @property
+    def n_selected(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def indices(self) -> np.ndarray:
+        """Selected row indices (into the input), most wanted first."""
+        sel = np.flatnonzero(self.mask)
+        return sel[np.argsort(self.rank[sel], kind="stable")]
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able counts: rows, eligible, selected, per reason kind, and per cluster (rows, selected).
+
+        Only rows the strategy placed in a cluster count; rows with a missing cluster id are not a cluster, so
+        ``n_clusters`` is the number of real clusters.
+        """
+        kinds = Counter(r.split(" ", 1)[0].split("=", 1)[0] for r in self.reason)
+        ineligible = sum(kinds.get(kind, 0) for kind in INELIGIBLE_KINDS)
+        per_cluster = {}
+        clustered = self.cluster >= 0
+        if clustered.any():
+            counts = np.bincount(self.cluster[clustered])
+            chosen = np.bincount(self.cluster[clustered & self.mask], minlength=counts.size)
+            per_cluster = {
+                str(c): {"rows": int(counts[c]), "selected": int(chosen[c])} for c in np.flatnonzero(counts)
+            }
+        return {
+            "n_rows": len(self),
+            "n_eligible": len(self) - ineligible,
+            "n_selected": self.n_selected,
+            "n_budget": self.n_budget,
+            "n_clusters": len(per_cluster),
+            "reasons": dict(sorted(kinds.items())),
+            "clusters": per_cluster,
+        }
+
+
+# Entry points.
+
+
+def select_arrays(
+    embeddings,
+    budget,
+    strategy: str,
+    *,
+    scores=None,
+    ids=None,
+    errors=None,
+    clusters=None,
+    strata=None,
+    random_state: int | None = 0,
+    **options,
+) -> Selection:
+    """Select ``budget`` rows from arrays (the array form of :func:`select`).
+
+    Args:
+        embeddings: (n, d) embeddings (NaN rows = missing), or None for strategies that need none.
+        budget: a count (``200``, ``200.0``), a fraction in (0, 1] of the n rows (``0.3``) or a percent
+            (``"30%"``); 0 or below is a ``ConfigError``.
+        strategy: a registry name, or ``"name:label"`` for score-ranking strategies.
+        scores: (n,) "high = better" scores (NaN ranks last), e.g. ``LearnedSelector.score_samples(ds)``.
+        ids: (n,) unique row ids (default ``"0".."n-1"``); the selection is invariant to permuting rows with their
+            ids, and ties break by id.
+        errors: (n,) error values (None, NaN or ``""`` = usable) or a bool mask; such rows are never selected.
+        clusters: (n,) precomputed cluster ids (-1, None or NaN = missing: never selected).
+        strata: (n,) stratum of each row (e.g. source); quotas per stratum first.
+        random_state: int seed (None reads as 0); same seed -> same selection.
+        **options: strategy options (see :func:`selector.strategies.strategy_options`).
+
+    Returns:
+        :class:`Selection`.
+    """
+    if embeddings is not None:
+        n = int(np.asarray(embeddings).shape[0])
+    elif scores is not None:
+        n = int(np.asarray(scores).shape[0])
+    elif ids is not None:
+        n = len(ids)
+    else:
+        raise ConfigError("select_arrays needs embeddings, scores or ids to know the number of rows")
+    return _select_core(
+        n=n,
+        budget=budget,
+        strategy=strategy,
+        embeddings=embeddings,
+        scores=scores,
+        ids=ids,
+        errors=errors,
+        clusters=clusters,
+        strata=strata,
+        random_state=random_state,
+        options=options,
+        names={},
+        hints={
+            "embeddings": "embeddings (an (n, d) array)",
+            "scores": "scores (an (n,) array)",
+            "clusters": "clusters (an (n,) array)",
+        },
+    )
+
+
+def select(
+    ds,
+    budget,
+    strategy: str,
+    *,
+    embedding_column: str | None = None,
+    score_column: str | None = None,
+    cluster_column: str | None = None,
+    stratify_column: str | None = None,
+    scores=None,
+    id_column: str = "id",
+    random_state: int | None = 0,
+    **options,
+) -> Selection:
+    """Select ``budget`` rows of a scored dataset with a named strategy.
+
+    Args:
+        ds: a ``datasets.Dataset`` with canonical columns (``id``, ``error``, ``source``, ...) and score columns
+            (``score_*``, ``emb_*``, ``cluster_*``), e.g. the output of ``vlselect score``.
+        budget: a count, a fraction in (0, 1] of all rows (error rows included) or a percent (``"30%"``).
+        strategy: ``instructiongpt4``, ``dbp``, ``semdedup``, ``ssl_prototypes``, ``random``,
+            ``topk:<column>`` or any registered strategy.
+        embedding_column: ``emb_*`` column for strategies that need embeddings (auto-detected when the dataset
+            has exactly one).
+        score_column: ``score_*`` column ranked by (higher = better; NaN last).
+        cluster_column: ``cluster_*`` column with precomputed clusters (e.g. from the ``diversity`` metric); -1,
+            None or NaN means the row has no cluster and is never selected.
+        stratify_column: split quotas by this column first (e.g. ``source``).
+        scores: (n,) per-row scores from outside instead of ``score_column`` (e.g.
+            ``LearnedSelector.score_samples(ds)``).
+        id_column: unique row ids.
+        random_state: seed.
+        **options: strategy options (``n_clusters``, ``eps``, ``keep``, ...; see
+            :func:`selector.strategies.strategy_options`).
+
+    Returns:
+        :class:`Selection` (one entry per row, input order).
+
+    Example:
+        >>> sel = select(ds, 200, "instructiongpt4", score_column="score_clip", cluster_column="cluster_div")  # doctest: +SKIP
+        >>> subset = select_dataset(ds, sel)  # doctest: +SKIP
+    """
+    columns = list(ds.column_names)
+    name, column = parse_strategy(strategy)
+    if column is not None:
+        if score_column is not None and score_column != column:
+            raise ConfigError(f"strategy {strategy!r} and score_column={score_column!r} name different columns")
+        score_column = column
+    if score_column is not None and scores is not None:
+        raise ConfigError("pass either score_column= or scores=, not both")
+    for label, col in (
+        ("id_column", id_column),
+        ("embedding_column", embedding_column),
+        ("score_column", score_column),
+        ("cluster_column", cluster_column),
+        ("stratify_column", stratify_column),
+    ):
+        if col is not None and col not in columns:
+            raise ConfigError(f"{label}={col!r} is not a column of the dataset; columns: {', '.join(columns)}")
+    if embedding_column is None:
+        embedding_column = _detect_embedding_column(
+            get_strategy(name),
+            columns,
+            have_scores=score_column is not None or scores is not None,
+            have_clusters=cluster_column is not None,
+        )
+
+    n = len(ds)
+    if scores is not None and len(scores) != n:
+        raise DataError(f"scores has {len(scores)} entries for {n} rows")
+    return _select_core(
+        n=n,
+        budget=budget,
+        strategy=strategy,
+        embeddings=None if embedding_column is None else embedding_matrix(ds, embedding_column),
+        scores=column_array(ds, score_column) if score_column is not None else scores,
+        ids=ds[id_column],
+        errors=ds["error"] if "error" in columns else None,
+        clusters=None if cluster_column is None else ds[cluster_column],
+        strata=None if stratify_column is None else ds[stratify_column],
+        random_state=random_state,
+        options=options,
+        names={
+            "embeddings": embedding_column,
+            "scores": score_column
+            if score_column is not None
+            else ("external scores" if scores is not None else None),
+            "clusters": cluster_column,
+            "stratify": stratify_column,
+            "id": id_column,
+        },
+        hints=_column_hints(columns),
+    )
+
+
+def select_dataset(ds, selection: Selection, keep_rejected: bool = False, id_column: str = "id"):
+    """Apply a :class:`Selection` to the dataset it was computed on.
+
+    Args:
+        ds: the same dataset (same rows, same order) passed to :func:`select`.
+        selection: the selection.
+        keep_rejected: False -> only the selected rows (input order); True -> every row plus ``selected``
+            (bool), ``selection_rank`` (int, -1 = unranked) and ``selection_reason`` (str) columns.
+
+    Returns:
+        ``datasets.Dataset``.
+
+    Raises:
+        DataError: the dataset's rows do not match the selection's ids.
+    """
+    if len(ds) != len(selection):
+        raise DataError(f"the dataset has {len(ds)} rows but the selection {len(selection)}")
+    if id_column in ds.column_names:
+        ids = np.array([str(v) for v in ds[id_column]]) if len(ds) else np.zeros(0, dtype=str)
+        if not np.array_equal(ids, selection.ids):
+            raise DataError(
+                "the dataset's ids differ from the selection's: apply a selection to the rows it was made on"
+            )
+    if not keep_rejected:
+        return ds.select(np.flatnonzero(selection.mask))
+    for col in ("selected", "selection_rank", "selection_reason"):
+        if col in ds.column_names:
+            ds = ds.remove_columns(col)
+    ds = ds.add_column("selected", selection.mask.tolist())
+    ds = ds.add_column("selection_rank", selection.rank.tolist())
+    return ds.add_column("selection_reason", [str(r) for r in selection.reason])
+
+
+def _detect_embedding_column(
+    fn: Callable, columns: list[str], *, have_scores: bool, have_clusters: bool
+) -> str | None:
+    """The dataset's only ``emb_*`` column when the strategy needs embeddings and has no alternative input."""
+    emb_columns = [c for c in columns if c.startswith("emb_")]
+    if len(emb_columns) != 1:
+        return None
+    have = {"embeddings": False, "scores": have_scores, "clusters": have_clusters}
+    for need in getattr(fn, "needs", ()):
+        alts = need.split("|")
+        if "embeddings" in alts and not any(have[a] for a in alts):
+            logger.info("using embedding column %s", emb_columns[0])
+            return emb_columns[0]
+    return None
+
+
+def _column_hints(columns: list[str]) -> dict[str, str]:
+    """How a dataset caller supplies each strategy input, naming the candidate columns."""
+
+    def one_of(prefix: str) -> str:
+        found = [c for c in columns if c.startswith(prefix)]
+        return "(one of: " + (", ".join(found) or "none in this dataset") + ")"
+
+    return {
+        "embeddings": f"embedding_column= {one_of('emb_')}",
+        "scores": f"score_column= {one_of('score_')} or scores=",
+        "clusters": f"cluster_column= {one_of('cluster_')}",
+    }
+
+
+# The wrapper: request -> pool -> strata -> strategy per stratum -> assembly.
+
+
+@dataclass(frozen=True)
+class _Request:
+    """A checked request: the strategy function, its resolved options, the budget and the seed."""
+
+    strategy: str
+    name: str
+    fn: Callable
+    used: frozenset
+    options: dict
+    budget: int | float
+    n_budget: int
+    seed: int
+
+
+@dataclass
+class _Pool:
+    """Every input row after the row rules, in input order: the inputs a strategy uses and who may be selected."""
+
+    ids: np.ndarray
+    tie_rank: np.ndarray
+    embeddings: np.ndarray | None
+    scores: np.ndarray | None
+    clusters: np.ndarray | None
+    strata: np.ndarray | None
+    eligible: np.ndarray
+    reason: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.ids.shape[0])
+
+    def exclude(self, mask: np.ndarray, reason: str | np.ndarray) -> None:
+        """Make the still-eligible rows of ``mask`` ineligible with ``reason`` (one string, or one per row).
+
+        A row keeps the first reason that excluded it, so rules run in order of precedence.
+        """
+        hit = np.asarray(mask, dtype=bool) & self.eligible
+        self.reason[hit] = reason if isinstance(reason, str) else np.asarray(reason, dtype=object)[hit]
+        self.eligible &= ~hit
+
+
+def _select_core(
+    *,
+    n: int,
+    budget,
+    strategy: str,
+    embeddings,
+    scores,
+    ids,
+    errors,
+    clusters,
+    strata,
+    random_state,
+    options: dict,
+    names: dict[str, str | None],
+    hints: dict[str, str],
+) -> Selection:
+    have = {"embeddings": embeddings is not None, "scores": scores is not None, "clusters": clusters is not None}
+    request = _check_request(strategy, options, budget, n, random_state, have, hints)
+    pool = _apply_row_rules(
+        request,
+        n,
+        ids=ids,
+        embeddings=embeddings,
+        scores=scores,
+        clusters=clusters,
+        strata=strata,
+        errors=errors,
+        names=names,
+    )
+    # Further eligibility rules (filters) go here, as pool.exclude(rows_that_fail, per_row_reasons).
+    groups, warnings = _strata(pool, request.n_budget)
+    assembly = _Assembly(pool, warnings)
+    for g, (key, rows, group_budget) in enumerate(groups):
+        if rows.size:
+            inp, res = _run_strategy(request, pool, rows, group_budget)
+            assembly.add(request, g, key, rows, group_budget, inp, res)
+    return assembly.selection(request, dict(names))
+
+
+def _check_request(strategy, options, budget, n, random_state, have, hints) -> _Request:
+    name, column = parse_strategy(strategy)
+    fn = get_strategy(name)
+    needs = getattr(fn, "needs", ())
+    if column is not None and not any("scores" in need.split("|") for need in needs):
+        raise ConfigError(f"strategy {name!r} does not rank by a score column, so {strategy!r} is not valid")
+    resolved = resolve_options(name, fn, options)
+    parsed = parse_budget(budget)
+    n_budget = resolve_budget(parsed, n)
+    seed = check_seed(random_state)
+    used = used_inputs(name, needs, have, hints)
+    return _Request(strategy, name, fn, frozenset(used), resolved, parsed, n_budget, seed)
+
+
+def _apply_row_rules(request: _Request, n: int, *, ids, embeddings, scores, clusters, strata, errors, names) -> _Pool:
+    """Check the per-row inputs and exclude the rows no strategy may select (errors, missing inputs)."""
+    ids = as_ids(ids, n)
+    pool = _Pool(
+        ids=ids,
+        tie_rank=id_ranks(ids),
+        embeddings=None,
+        scores=None,
+        clusters=None,
+        strata=None,
+        eligible=np.ones(n, dtype=bool),
+        reason=np.empty(n, dtype=object),
+    )
+    if errors is not None:
+        errors = list(errors)
+        usable = usable_mask(errors, n)
+        pool.exclude(~usable, np.array([None if ok else f"error {error_kind(e)}" for e, ok in zip(errors, usable)]))
+
+    if embeddings is not None:
+        embeddings = np.asarray(embeddings)
+        if embeddings.ndim != 2 or embeddings.shape[0] != n:
+            raise DataError(f"embeddings must have shape ({n}, d), got {embeddings.shape}")
+        if not np.issubdtype(embeddings.dtype, np.number):
+            raise DataError(f"embeddings must be numeric, got dtype {embeddings.dtype}")
+        # unused embeddings may hold NaN rows that are not excluded, so a strategy never sees them.
+        if "embeddings" in request.used:
+            pool.embeddings = embeddings
+            pool.exclude(~np.isfinite(embeddings).all(axis=1), f"missing {names.get('embeddings') or 'embeddings'}")
+
+    if scores is not None:
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if scores.shape[0] != n:
+            raise DataError(f"scores has {scores.shape[0]} entries for {n} rows")
+        pool.scores = np.where(np.isfinite(scores), scores, np.nan)
+
+    if clusters is not None:
+        # given clusters are always used (a strategy that clusters takes them instead of running k-means).
+        pool.clusters, missing = cluster_labels(clusters, n)
+        pool.exclude(missing, f"missing {names.get('clusters') or 'clusters'}")
+
+    if strata is not None:
+        pool.strata = np.array(["None" if s is None else str(s) for s in strata], dtype=object)
+        if pool.strata.shape[0] != n:
+            raise DataError(f"stratify column has {pool.strata.shape[0]} entries for {n} rows")
+    return pool
+
+
+def _strata(pool: _Pool, n_budget: int) -> tuple[list[tuple[str, np.ndarray, int]], list[str]]:
+    """The eligible rows in stable-hash order, split into strata with a budget each; and any warnings."""
+    from selector.quota import proportional_quota
+
+    order = hash_order(pool.ids)
+    candidates = order[pool.eligible[order]]
+    warnings = []
+    if n_budget > candidates.size:
+        msg = (
+            f"budget {n_budget} exceeds the {candidates.size} eligible rows "
+            f"({pool.n - candidates.size} rows have errors or missing inputs): selecting all eligible rows"
+        )
+        logger.warning(msg)
+        warnings.append(msg)
+    total = min(n_budget, candidates.size)
+    if pool.strata is None:
+        return [("all", candidates, total)], warnings
+    keys = sorted(set(pool.strata[candidates].tolist()))
+    groups = [candidates[pool.strata[candidates] == key] for key in keys]
+    budgets = proportional_quota(np.array([g.size for g in groups]), total).tolist()
+    return list(zip(keys, groups, (int(b) for b in budgets))), warnings
+
+
+def _run_strategy(request: _Request, pool: _Pool, rows: np.ndarray, budget: int):
+    """Run the strategy on the eligible rows ``rows`` of one stratum; returns its input and checked result."""
+    inp = StrategyInput(
+        embeddings=None if pool.embeddings is None else np.ascontiguousarray(pool.embeddings[rows], dtype=np.float32),
+        scores=None if pool.scores is None else pool.scores[rows],
+        ids=pool.ids[rows],
+        tie_rank=pool.tie_rank[rows],
+        # compact within the stratum, so a strategy sees clusters 0..k-1.
+        clusters=None if pool.clusters is None else cluster_labels(pool.clusters[rows])[0],
+        budget=int(budget),
+        random_state=request.seed,
+    )
+    res = request.fn(inp, **request.options)
+    check_result(request.name, res, rows.size)
+    return inp, res
+
+
+class _Assembly:
+    """Collects the per-stratum results into the per-row arrays of a :class:`Selection`."""
+
+    def __init__(self, pool: _Pool, warnings: list[str]):
+        n = pool.n
+        self.pool = pool
+        self.warnings = warnings
+        self.mask = np.zeros(n, dtype=bool)
+        self.cluster = np.full(n, -1, dtype=np.int64)
+        self.score = np.full(n, np.nan)
+        self.reason = pool.reason.copy()
+        self.info: dict[str, Any] = {}
+        # (relative position, stratum, row) of the selected and of the ranked-but-rejected rows.
+        self.keys_selected: list[np.ndarray] = []
+        self.keys_rejected: list[np.ndarray] = []
+        self.cluster_offset = 0
+
+    def add(self, request: _Request, g: int, key: str, rows, budget: int, inp: StrategyInput, res) -> None:
+        order = np.asarray(res.order, dtype=np.int64)
+        if order.size < budget:
+            msg = (
+                f"strategy {request.name!r} ranked only {order.size} of {rows.size} rows in stratum {key!r}; "
+                f"budget was {budget}"
+            )
+            logger.warning(msg)
+            self.warnings.append(msg)
+        pos = np.full(rows.size, -1, dtype=np.int64)
+        pos[order] = np.arange(order.size)
+        chosen, rest = order[:budget], order[budget:]
+        self.mask[rows[chosen]] = True
+        # strata interleave by relative position, so the global rank mixes them in proportion.
+        take = min(budget, order.size)
+        self.keys_selected.append(np.stack([pos[chosen] / max(take, 1), np.full(chosen.size, g), rows[chosen]], 1))
+        self.keys_rejected.append(
+            np.stack([(pos[rest] - take) / max(order.size - take, 1), np.full(rest.size, g), rows[rest]], 1)
+        )
+        if res.cluster is not None:
+            local = np.asarray(res.cluster, dtype=np.int64)
+            self.cluster[rows] = np.where(local >= 0, local + self.cluster_offset, -1)
+            self.cluster_offset += int(local.max()) + 1 if local.size else 0
+        if res.score is not None:
+            self.score[rows] = np.asarray(res.score, dtype=np.float64)
+        self.info[key] = {"n_rows": int(rows.size), "budget": int(budget), **res.info}
+        flag_nan = inp.scores if "scores" in request.used else None
+        self.reason[rows] = _reasons(res, rows, pos, budget, self.cluster[rows], self.pool.ids, flag_nan)
+
+    def rank(self) -> np.ndarray:
+        rank = np.full(self.pool.n, -1, dtype=np.int64)
+        ordered = []
+        for parts in (self.keys_selected, self.keys_rejected):
+            if parts:
+                keys = np.concatenate(parts)
+                ordered.append(keys[np.lexsort((keys[:, 1], keys[:, 0]))][:, 2].astype(np.int64))
+        if ordered:
+            ranked = np.concatenate(ordered)
+            rank[ranked] = np.arange(ranked.size)
+        return rank
+
+    def selection(self, request: _Request, columns: dict) -> Selection:
+        return Selection(
+            ids=self.pool.ids,
+            mask=self.mask,
+            rank=self.rank(),
+            cluster=self.cluster,
+            reason=self.reason,
+            score=self.score,
+            strategy=request.strategy,
+            budget=request.budget,
+            n_budget=request.n_budget,
+            random_state=request.seed,
+            options=request.options,
+            columns=columns,
+            warnings=self.warnings,
+            info=self.info,
+        )
+
+
+def _reasons(res: StrategyResult, rows, pos, budget: int, global_cluster, ids, scores) -> list[str]:
+    m = rows.size
+    has_quota = res.quota is not None and res.cluster_rank is not None and res.cluster is not None
+    local_cluster = None if res.cluster is None else np.asarray(res.cluster)
+    out = []
+    for j in range(m):
+        p = int(pos[j])
+        c = int(global_cluster[j])
+        where = f" cluster={c}" if c >= 0 else ""
+        cr = int(res.cluster_rank[j]) if has_quota else -1
+        quota = f" rank={cr + 1}/{int(res.quota[local_cluster[j]])}" if cr >= 0 else ""
+        if 0 <= p < budget:
+            text = f"selected{where}{quota or f' rank={p + 1}'}"
+        elif res.dup_of is not None and res.dup_of[j] >= 0:
+            sim = "" if res.similarity is None else f" cos={float(res.similarity[j]):.4f}"
+            text = f"dup_of={ids[rows[res.dup_of[j]]]}{sim}{where}"
+        elif p < 0:
+            text = f"excluded{where}"
+        elif quota:
+            text = f"quota{where}{quota}"
+        else:
+            text = f"budget{where} rank={p + 1}"
+        if scores is not None and np.isnan(scores[j]):
+            text += " score=nan"
+        out.append(text)
+    return out

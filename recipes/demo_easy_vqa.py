@@ -4,9 +4,10 @@ Builds a small LLaVA-style model from configs (random weights, byte-level tokeni
 on easy-vqa questions with training dynamics, evaluates before and after, and then retrains on half of the data
 chosen by forgetting scores and by random selection:
 
-    python recipes/demo_easy_vqa.py --n_train 400 --n_test 200 --epochs 4 --out /tmp/easy-vqa-demo
+    PYTHONPATH=tests python recipes/demo_easy_vqa.py --n_train 400 --n_test 200 --epochs 4 --out /tmp/easy-vqa-demo
 
-Prints a JSON table of eval loss and exact-match accuracy. Needs ``pip install easy-vqa``.
+Prints a JSON table of eval loss and exact-match accuracy. Needs ``pip install easy-vqa`` and the tests' tiny
+model builder (``tests/tiny_vlm.py``, hence ``PYTHONPATH=tests``).
 """
 
 from __future__ import annotations
@@ -16,12 +17,6 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _canonical(questions, answers, image_ids, paths, prefix: str, n: int):
@@ -52,11 +47,14 @@ def _canonical(questions, answers, image_ids, paths, prefix: str, n: int):
 def run(args) -> dict:
     import easy_vqa
 
-    from recipes import evaluate, finetune
-    from selector.strategies import select
+    from selector import select, training
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tiny_vlm import build_tiny_vlm
+    try:
+        from tiny_vlm import build_tiny_vlm
+    except ModuleNotFoundError as exc:
+        if exc.name != "tiny_vlm":
+            raise
+        raise SystemExit("run with PYTHONPATH=tests: the demo builds its model with tests/tiny_vlm.py") from None
 
     os.makedirs(args.out, exist_ok=True)
     train_q, train_a, train_ids = easy_vqa.get_train_questions()
@@ -81,14 +79,14 @@ def run(args) -> dict:
     }
 
     def score(model_dir):
-        res = evaluate.evaluate(
+        res = training.evaluate(
             {"model_name_or_path": model_dir, "dataset": test_path, "max_new_tokens": 12},
             per_device_eval_batch_size=32,
         )
         return {"eval_loss": round(res["eval_loss"], 4), "exact_match": round(res["exact_match"], 4)}
 
     table = {"untrained": score(model)}
-    full = finetune.main(
+    full = training.train(
         dict(common, dataset=train_path, output_dir=os.path.join(args.out, "full"), num_train_epochs=args.epochs)
     )
     table[f"full ({args.n_train} rows)"] = score(full["model_dir"])
@@ -100,7 +98,7 @@ def run(args) -> dict:
         run_dir = os.path.join(args.out, strategy)
         # Same number of optimizer steps as the full run, so the comparison is about which rows, not compute.
         steps = full["global_step"]
-        result = finetune.main(
+        result = training.train(
             dict(common, dataset=train_path, output_dir=run_dir, train_ids=ids, max_steps=steps, dynamics=False)
         )
         table[f"{strategy} half ({half} rows, {steps} steps)"] = score(result["model_dir"])

@@ -3,8 +3,8 @@
 The learned selector needs to know which data is good. InstructionGPT-4 measures it directly: split the pool
 into subsets of equal size by k-means, fine-tune a proxy model on each subset, evaluate every proxy on held-out
 validation sets, and give each subset its evaluation score as a set-level label. :func:`generate_labels` does
-this with the Accelerate recipe (``recipes/finetune.py`` + ``recipes/evaluate.py``) and writes ``labels.jsonl``
-(``{"id", "group", "label"}`` rows, higher = better) for ``vlselect train-selector``.
+this with the installed training engine (:mod:`selector.training`, the ``training`` extra) and writes
+``labels.jsonl`` (``{"id", "group", "label"}`` rows, higher = better) for ``vlselect train-selector``.
 
 Steps and policies:
 
@@ -15,11 +15,12 @@ Steps and policies:
   file order and truncates the remainder; here the ``n mod n_subsets`` rows farthest from every centroid are
   dropped and every other row goes to its nearest centroid that still has room (closest rows first). Every
   dropped row is reported with its reason (``error``, ``no_embedding``, ``balance``).
-- **Proxy fine-tune**: the recipe runs once per subset on ``train_ids_file`` = that subset's ids, from the same
-  base model and with the same seed, so subsets differ only by their data.
-- **Evaluation**: each proxy is scored on every validation set with one ``metric``: ``eval_loss`` (answer
-  cross-entropy, >= 0, lower = better; the default because it is continuous and defined for any answer),
-  ``exact_match`` or ``contains_answer`` (0..1, higher = better; need short reference answers).
+- **Proxy fine-tune**: :func:`selector.training.train` runs once per subset with the training config (a YAML
+  path or a shipped config's name such as ``proxy_smolvlm_256m``) on ``train_ids_file`` = that subset's ids,
+  from the same base model and with the same seed, so subsets differ only by their data.
+- **Evaluation**: each proxy is scored on every validation set with one ``eval_score`` (:data:`EVAL_SCORES`):
+  ``eval_loss`` (answer cross-entropy, >= 0, lower = better; the default because it is continuous and defined
+  for any answer), ``exact_match`` or ``contains_answer`` (0..1, higher = better; need short reference answers).
 - **Label**: the score is oriented so that higher = better (``label = -eval_loss`` for the loss, the accuracy
   as it is), then the validation sets are combined (:func:`combine_scores`): ``combine="mean"`` is the
   (``weights``-weighted) mean of the oriented scores; ``combine="zscore"`` first standardises each validation
@@ -28,16 +29,16 @@ Steps and policies:
   and is left out of ``labels.jsonl`` with a warning.
 - **Cache and resume**: ``OUT/partition.json`` keeps the partition; each finished subset writes
   ``OUT/subsets/subset_XXX.json`` atomically with its raw scores and a fingerprint of everything that made
-  them (rows, resolved recipe config, validation sets, metric). A re-run reuses finished subsets and continues
+  them (rows, resolved training config, validation sets, eval score). A re-run reuses finished subsets and continues
   at the first unfinished one; the fine-tune of an interrupted subset continues from its latest checkpoint when
-  the recipe saves checkpoints (``save_steps``). ``combine`` and ``weights`` are applied at the end from the
+  the config saves checkpoints (``save_steps``). ``combine`` and ``weights`` are applied at the end from the
   cached raw scores, so changing them re-labels without any fine-tune. Results made with other settings are an
   error unless ``overwrite=True``.
 
 Example:
     >>> from selector.labels import generate_labels
     >>> result = generate_labels(  # doctest: +SKIP
-    ...     "scored/", "recipes/configs/proxy_smolvlm_256m.yaml", ["val_vqa.json"], "labels_out/", n_subsets=30
+    ...     "scored/", "proxy_smolvlm_256m", ["val_vqa.json"], "labels_out/", n_subsets=30
     ... )
     >>> result.labels_path  # doctest: +SKIP
     'labels_out/labels.jsonl'
@@ -48,14 +49,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import logging
 import math
 import os
 import shutil
-import sys
 import time
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -64,141 +64,25 @@ from typing import Any
 
 import numpy as np
 
+from selector.cluster import BalancedKMeans
 from selector.errors import ConfigError, DataError
+from selector.fileio import json_safe, write_json, write_jsonl
+from selector.rows import embedding_matrix, hash_order, is_usable_error, pool_digest
+from selector.training.evaluation import EVAL_SCORES  # score -> +1/-1 (higher/lower is better); label = sign * score
 
 logger = logging.getLogger(__name__)
 
-#: evaluation score -> +1 when higher is better, -1 when lower is better (the label is ``sign * score``).
-METRICS = {"eval_loss": -1.0, "exact_match": 1.0, "contains_answer": 1.0}
 COMBINES = ("mean", "zscore")
 DROP_REASONS = ("error", "no_embedding", "balance")
 PARTITION_FILE = "partition.json"
 LABELS_FILE = "labels.jsonl"
 SUMMARY_FILE = "summary.json"
 SUBSETS_DIR = "subsets"
-# recipe options vlselect labels sets itself for every subset; a recipe config that sets them is overridden.
+# training options vlselect labels sets itself for every subset; a training config that sets them is overridden.
 _MANAGED = ("dataset", "output_dir", "train_ids_file", "save_model", "resume_from_checkpoint")
 
 
 # ---------------------------------------------------------------------------------------------------- partition
-
-
-class BalancedKMeans:
-    """k-means whose clusters all have the same size ``n // n_clusters``; the remainder rows are dropped.
-
-    The rows are clustered by :class:`selector.cluster.KMeans`; then the ``n mod n_clusters`` rows farthest
-    from their nearest centroid are dropped (``labels_ == -1``) and the others are assigned greedily: every
-    unplaced row proposes to its nearest centroid that still has room, each centroid accepts its closest
-    proposers up to its capacity, rejected rows try again without the centroids that filled up (at most
-    ``n_clusters`` rounds). On clusters that are already balanced nothing moves.
-
-    Args:
-        n_clusters: number of subsets ``k`` (at most the number of rows).
-        spherical: cluster by cosine similarity (rows L2-normalised), as for embeddings.
-        backend: k-means backend: ``"auto"`` (faiss when installed), ``"faiss"`` or ``"sklearn"``.
-        n_init: k-means restarts; the lowest-inertia run is kept.
-        max_iter: maximum Lloyd iterations.
-        random_state: seed of the k-means initialisation; same seed and row order give the same labels.
-
-    Attributes:
-        labels_: (n,) int64 subset of each row, ``-1`` for the dropped remainder rows.
-        cluster_centers_: (k, d) float32 k-means centroids.
-        subset_size_: rows per subset, ``n // k``.
-        n_dropped_: rows dropped to make the subsets equal (``n mod k``).
-        n_moved_: kept rows placed in another subset than their nearest centroid's, because it was full.
-        inertia_: sum of squared distances of the kept rows to their subset's centroid (lower = tighter).
-
-    Example:
-        >>> import numpy as np
-        >>> X = np.random.default_rng(0).normal(size=(103, 4))
-        >>> bkm = BalancedKMeans(n_clusters=5, random_state=0).fit(X)
-        >>> np.bincount(bkm.labels_[bkm.labels_ >= 0]).tolist(), bkm.n_dropped_
-        ([20, 20, 20, 20, 20], 3)
-    """
-
-    def __init__(
-        self,
-        n_clusters: int = 30,
-        *,
-        spherical: bool = True,
-        backend: str = "auto",
-        n_init: int = 1,
-        max_iter: int = 100,
-        random_state: int | None = 0,
-    ):
-        self.n_clusters = n_clusters
-        self.spherical = spherical
-        self.backend = backend
-        self.n_init = n_init
-        self.max_iter = max_iter
-        self.random_state = random_state
-
-    def fit(self, X, y=None) -> BalancedKMeans:
-        """Cluster and balance the rows of ``X`` (n, d); ``y`` is ignored (scikit-learn API)."""
-        from selector.cluster import KMeans, l2_normalize
-
-        km = KMeans(
-            n_clusters=self.n_clusters,
-            spherical=self.spherical,
-            backend=self.backend,
-            n_init=self.n_init,
-            max_iter=self.max_iter,
-            random_state=self.random_state,
-        ).fit(X)
-        X = l2_normalize(X, copy=False) if self.spherical else np.ascontiguousarray(X, dtype=np.float32)
-        centers = km.cluster_centers_
-        dist = _sq_distances(X, centers)
-        n, k = dist.shape
-        size = n // k
-        nearest = dist.argmin(axis=1)
-        nearest_d = dist[np.arange(n), nearest]
-        n_drop = n - size * k
-        # farthest rows first; equal distances drop the later row, so the result is a function of row order only.
-        drop = np.lexsort((-np.arange(n), -nearest_d))[:n_drop]
-        labels = np.full(n, -1, dtype=np.int64)
-        capacity = np.full(k, size, dtype=np.int64)
-        is_open = capacity > 0
-        keep = np.ones(n, dtype=bool)
-        keep[drop] = False
-        active = np.flatnonzero(keep)
-        while active.size:
-            masked = dist[active]
-            masked[:, ~is_open] = np.inf
-            choice = masked.argmin(axis=1)
-            chosen_d = masked[np.arange(active.size), choice]
-            # closest proposers first within each centroid (ties by row position); one sort per round
-            order = np.lexsort((active, chosen_d, choice))
-            proposed = choice[order]
-            starts = np.concatenate([[0], np.cumsum(np.bincount(proposed, minlength=k))[:-1]])
-            accept = np.arange(order.size) - starts[proposed] < capacity[proposed]
-            labels[active[order[accept]]] = proposed[accept]
-            capacity -= np.bincount(proposed[accept], minlength=k)
-            is_open &= capacity > 0
-            active = active[order[~accept]]
-        kept = labels >= 0
-        self.labels_ = labels
-        self.cluster_centers_ = centers
-        self.subset_size_ = int(size)
-        self.n_dropped_ = int(n_drop)
-        self.n_moved_ = int((kept & (labels != nearest)).sum())
-        self.inertia_ = float(dist[np.flatnonzero(kept), labels[kept]].sum(dtype=np.float64))
-        return self
-
-    def fit_predict(self, X, y=None) -> np.ndarray:
-        """:meth:`fit` and return ``labels_``."""
-        return self.fit(X).labels_
-
-
-def _sq_distances(X: np.ndarray, centers: np.ndarray, block: int = 1 << 14) -> np.ndarray:
-    """(n, k) float32 squared Euclidean distances, computed in row blocks (float32 halves the n x k matrix)."""
-    C = np.asarray(centers, dtype=np.float32)
-    c_sq = np.einsum("ij,ij->i", C, C)
-    out = np.empty((X.shape[0], C.shape[0]), dtype=np.float32)
-    for start in range(0, X.shape[0], block):
-        part = X[start : start + block]
-        x_sq = np.einsum("ij,ij->i", part, part)
-        out[start : start + part.shape[0]] = np.maximum(x_sq[:, None] + c_sq[None, :] - 2.0 * (part @ C.T), 0.0)
-    return out
 
 
 @dataclass
@@ -249,10 +133,6 @@ class Partition:
             subset_size=int(data["subset_size"]),
             settings=dict(data["settings"]),
         )
-
-
-def _ids_digest(ids: Sequence[str]) -> str:
-    return hashlib.sha256("\n".join(sorted(map(str, ids))).encode("utf-8")).hexdigest()
 
 
 def _column(dataset, name: str) -> list:
@@ -309,7 +189,7 @@ def partition_settings(
         "n_subsets": int(n_subsets),
         "embedding_columns": embedding_columns_of(dataset, embedding_columns),
         "random_state": random_state,
-        "pool_ids_sha256": _ids_digest(ids),
+        "pool_ids_sha256": pool_digest(ids),
         "n_pool": len(ids),
     }
 
@@ -342,7 +222,6 @@ def partition_pool(
         DataError: no ``id`` column, duplicate ids, no embedding column, or fewer usable rows than subsets.
     """
     from selector.cluster import l2_normalize
-    from selector.strategies import embedding_matrix, stable_hash
 
     settings = partition_settings(dataset, n_subsets, embedding_columns=embedding_columns, random_state=random_state)
     ids = [str(i) for i in _column(dataset, "id")]
@@ -360,7 +239,7 @@ def partition_pool(
         block[finite] = l2_normalize(matrix[finite])
         blocks.append(block)
     for i in range(n):
-        if errors[i] is not None:
+        if not is_usable_error(errors[i]):
             dropped[ids[i]] = "error"
         elif not present[i]:
             dropped[ids[i]] = "no_embedding"
@@ -371,7 +250,7 @@ def partition_pool(
             f"can't fill {n_subsets} subsets; lower --n-subsets"
         )
     usable_ids = np.array([ids[i] for i in usable], dtype=object)
-    order = usable[np.lexsort((usable_ids.astype(str), stable_hash(usable_ids)))]
+    order = usable[hash_order(usable_ids)]
     X = np.concatenate(blocks, axis=1)[order]
     bkm = BalancedKMeans(n_clusters=int(n_subsets), backend=backend, random_state=random_state).fit(X)
     subsets: list[list[str]] = [[] for _ in range(n_subsets)]
@@ -406,16 +285,16 @@ def partition_pool(
 def combine_scores(
     scores,
     *,
-    metric: str = "eval_loss",
+    eval_score: str = "eval_loss",
     combine: str = "mean",
     weights: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Turn per-subset validation scores into one label per subset; higher label = better subset.
 
     Args:
-        scores: (n_subsets, n_val) raw scores of ``metric`` (NaN where a score is missing).
-        metric: ``eval_loss`` (lower = better: the label uses ``-loss``), ``exact_match`` or
-            ``contains_answer`` (higher = better, used as they are).
+        scores: (n_subsets, n_val) raw values of ``eval_score`` (NaN where a score is missing).
+        eval_score: ``eval_loss`` (lower = better: the label uses ``-loss``), ``exact_match`` or
+            ``contains_answer`` (higher = better, used as they are); see :data:`EVAL_SCORES`.
         combine: ``"mean"``: weighted mean of the oriented scores; ``"zscore"``: each validation set's oriented
             scores are standardised across the subsets with a finite score (a set with zero spread gives 0),
             then weighted-averaged.
@@ -425,9 +304,9 @@ def combine_scores(
         (n_subsets,) float64 labels; NaN for a subset with a NaN score on any validation set of positive weight.
 
     Raises:
-        ConfigError: unknown metric or combine, or weights of the wrong length, negative, or summing to 0.
+        ConfigError: unknown eval score or combine, or weights of the wrong length, negative, or summing to 0.
     """
-    sign = _metric_sign(metric)
+    sign = _eval_score_sign(eval_score)
     if combine not in COMBINES:
         raise ConfigError(f"unknown combine {combine!r}; choose one of {', '.join(COMBINES)}")
     S = np.asarray(scores, dtype=np.float64)
@@ -449,10 +328,10 @@ def combine_scores(
     return out
 
 
-def _metric_sign(metric: str) -> float:
-    if metric not in METRICS:
-        raise ConfigError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-    return METRICS[metric]
+def _eval_score_sign(eval_score: str) -> float:
+    if eval_score not in EVAL_SCORES:
+        raise ConfigError(f"unknown eval score {eval_score!r}; choose one of {', '.join(EVAL_SCORES)}")
+    return EVAL_SCORES[eval_score]
 
 
 def _weights(weights: Sequence[float] | None, n_val: int) -> np.ndarray:
@@ -466,79 +345,24 @@ def _weights(weights: Sequence[float] | None, n_val: int) -> np.ndarray:
     return w / w.sum()
 
 
-# ----------------------------------------------------------------------------------------------------- recipes
+# ------------------------------------------------------------------------------------------ training config
 
 
-@dataclass
-class Recipe:
-    """The fine-tuning and evaluation recipe modules, imported by path.
+def find_training_config(config: str | os.PathLike) -> str:
+    """The path of a training config: a YAML path, or the name of a config shipped with :mod:`selector.training`.
 
-    Attributes:
-        config: path of the recipe YAML config.
-        script: path of ``finetune.py`` (defines ``FinetuneConfig`` and ``main(config, **overrides)``).
-        finetune: the imported fine-tuning module.
-        evaluate: the imported ``evaluate.py`` beside it (defines ``evaluate(config, model=, processor=)``).
-    """
-
-    config: str
-    script: str
-    finetune: Any
-    evaluate: Any
-
-
-def _import_by_path(path: Path, kind: str):
-    name = f"_vlselect_recipe_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:12]}"
-    module = sys.modules.get(name)
-    if module is not None:
-        return module
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ConfigError(f"can't import the {kind} recipe {path}")
-    module = importlib.util.module_from_spec(spec)
-    # registered before running it: dataclasses and typing.get_type_hints look the module up by name.
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
-
-
-def load_recipe(config: str | os.PathLike, recipe_script: str | os.PathLike | None = None) -> Recipe:
-    """Locate and import the recipe scripts for a recipe config.
-
-    The fine-tuning script is ``recipe_script`` when given, else ``<config dir>/../finetune.py`` (the layout of
-    this repository's ``recipes/configs/``); the evaluation script is ``evaluate.py`` beside it. ``recipes/`` is
-    not an installed package, so both are imported from their files (once per path and process).
+    ``"proxy_smolvlm_256m"`` and ``"tiny_cpu"`` name shipped configs; in a checkout ``recipes/configs/X.yaml``
+    points at the same files. The engine itself is the installed :mod:`selector.training`, never a script.
 
     Raises:
-        ConfigError: the config or a script is missing, or a script lacks the functions the labels need.
+        ConfigError: neither an existing file nor a shipped config's name.
     """
-    config_path = Path(config).expanduser().resolve()
-    if not config_path.is_file():
-        raise ConfigError(f"recipe config {config}: no such file")
-    if recipe_script is not None:
-        script = Path(recipe_script).expanduser().resolve()
-        if not script.is_file():
-            raise ConfigError(f"--recipe-script {recipe_script}: no such file")
-    else:
-        script = config_path.parent.parent / "finetune.py"
-        if not script.is_file():
-            raise ConfigError(
-                f"can't find the fine-tuning recipe for {config}: expected {script} (the config's folder's parent); "
-                "pass --recipe-script PATH/TO/finetune.py"
-            )
-    evaluate_script = script.parent / "evaluate.py"
-    if not evaluate_script.is_file():
-        raise ConfigError(f"can't find the evaluation recipe {evaluate_script} beside {script}")
-    finetune = _import_by_path(script, "fine-tuning")
-    evaluate = _import_by_path(evaluate_script, "evaluation")
-    for module, names in ((finetune, ("main", "FinetuneConfig", "common")), (evaluate, ("evaluate",))):
-        missing = [n for n in names if not hasattr(module, n)]
-        if missing:
-            raise ConfigError(f"{module.__file__} is not a vlselect recipe: it lacks {', '.join(missing)}")
-    return Recipe(str(config_path), str(script), finetune, evaluate)
+    from selector.training.config import find_config
+
+    try:
+        return find_config(config)
+    except ConfigError as exc:
+        raise ConfigError(f"training {exc}") from None
 
 
 def parse_val_sources(sources: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
@@ -599,35 +423,12 @@ class LabelsResult:
     summary_path: str
 
 
-def _atomic_write_json(path: str | os.PathLike, data: Any) -> None:
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(_json_safe(data), handle, indent=2, allow_nan=False)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _json_safe(value):
-    """NaN/inf -> None so every file is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (np.floating, np.integer)):
-        return _json_safe(value.item())
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _float(value) -> float:
     return float("nan") if value is None else float(value)
 
 
 def _fingerprint(data: Any) -> str:
-    return hashlib.sha256(json.dumps(_json_safe(data), sort_keys=True).encode("utf-8")).hexdigest()
+    return hashlib.sha256(json.dumps(json_safe(data), sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def _load_pool(dataset, out: Path) -> tuple[Any, str]:
@@ -648,39 +449,40 @@ def _load_pool(dataset, out: Path) -> tuple[Any, str]:
     return load_scored(path), path
 
 
-def _resolved_recipe(recipe: Recipe, overrides: dict[str, Any], pool_path: str) -> dict[str, Any]:
-    finetune = recipe.finetune
+def _resolved_recipe(config_path: str, overrides: dict[str, Any], pool_path: str) -> dict[str, Any]:
+    from selector.training.config import make_config, resolve_config
+    from selector.training.finetune import FinetuneConfig, validate
+
     user = dict(overrides)
     for key in ("train_ids", "train_ids_file"):
         if user.get(key):
             raise ConfigError(f"recipe option {key!r}: vlselect labels chooses each subset's rows itself")
     try:
-        cfg = finetune.common.resolve_config(finetune.FinetuneConfig, recipe.config, **user)
+        cfg = resolve_config(FinetuneConfig, config_path, **user)
     except ConfigError as exc:
-        raise ConfigError(f"recipe config {recipe.config}: {exc}") from None
+        raise ConfigError(f"recipe config {config_path}: {exc}") from None
     for key in ("train_ids", "train_ids_file"):
         if getattr(cfg, key):
             raise ConfigError(
-                f"{recipe.config} sets {key!r}; vlselect labels chooses each subset's rows itself, remove it"
+                f"{config_path} sets {key!r}; vlselect labels chooses each subset's rows itself, remove it"
             )
     values = dataclasses.asdict(cfg)
     values.update(dataset=pool_path, output_dir=os.path.join(pool_path, "_unused"), save_model=True)
     try:
-        checked = finetune.common.make_config(finetune.FinetuneConfig, values)
-        if hasattr(finetune, "validate"):
-            finetune.validate(checked)
+        validate(make_config(FinetuneConfig, values))
     except ConfigError as exc:
-        raise ConfigError(f"recipe config {recipe.config}: {exc}") from None
+        raise ConfigError(f"recipe config {config_path}: {exc}") from None
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _MANAGED}
 
 
-def _check_val_overlap(recipe: Recipe, val: list[tuple[str, str]], pool_ids: set[str]) -> dict[str, int]:
+def _check_val_overlap(val: list[tuple[str, str]], pool_ids: set[str]) -> dict[str, int]:
     """Load every validation set once (fails early on a bad one), warn about pool ids it shares; ``{name: rows}``."""
-    common = recipe.finetune.common
+    from selector.training.data import column_list, load_rows
+
     sizes = {}
     for name, path in val:
-        dataset, _ = common.load_rows(path)
-        shared = pool_ids.intersection(map(str, common.values(dataset, "id")))
+        dataset, _ = load_rows(path)
+        shared = pool_ids.intersection(map(str, column_list(dataset, "id")))
         if shared:
             logger.warning(
                 "validation set %s shares %d id(s) with the pool (e.g. %s): proxies are evaluated on rows "
@@ -700,7 +502,7 @@ def generate_labels(
     out_dir: str | os.PathLike,
     *,
     n_subsets: int = 30,
-    metric: str = "eval_loss",
+    eval_score: str = "eval_loss",
     combine: str = "mean",
     weights: Sequence[float] | None = None,
     embedding_columns: Sequence[str] | None = None,
@@ -713,55 +515,67 @@ def generate_labels(
     random_state: int | None = 0,
     overwrite: bool = False,
     progress: bool = True,
+    metric: str | None = None,
 ) -> LabelsResult:
     """Label k-means subsets of a scored pool by proxy fine-tunes and write ``OUT/labels.jsonl``.
 
     Args:
         dataset: a ``vlselect score`` output folder, or a ``datasets.Dataset`` with canonical + ``emb_*``
-            columns (saved to ``OUT/pool`` for the recipe).
-        recipe_config: YAML of the fine-tuning recipe (``recipes/configs/*.yaml``).
-        val: validation sets, ``PATH`` or ``NAME=PATH``: any format the recipes load (data file/folder or
-            ``save_to_disk`` folder).
+            columns (saved to ``OUT/pool`` for the fine-tunes).
+        recipe_config: the training config: a YAML path or a shipped config's name (``"proxy_smolvlm_256m"``,
+            ``"tiny_cpu"``; see :func:`find_training_config`).
+        val: validation sets, ``PATH`` or ``NAME=PATH``: any format :func:`selector.training.load_rows` reads
+            (data file/folder or ``save_to_disk`` folder).
         out_dir: output folder; holds the cache, so re-running with the same folder resumes.
         n_subsets: number of equal-size subsets (InstructionGPT-4: 30).
-        metric: evaluation score per validation set, see :data:`METRICS` and :func:`combine_scores`.
+        eval_score: evaluation score per validation set, see :data:`EVAL_SCORES` and :func:`combine_scores`.
         combine: how validation sets combine into a label, ``"mean"`` or ``"zscore"`` (:func:`combine_scores`).
         weights: one weight per validation set (default equal).
         embedding_columns: ``emb_*`` columns to cluster on (default all).
-        recipe_script: the fine-tuning script (default ``<config dir>/../finetune.py``).
-        recipe_overrides: recipe options that win over the config (e.g. ``{"model_name_or_path": ...}``).
+        recipe_script: deprecated and ignored (the engine is the installed :mod:`selector.training`).
+        recipe_overrides: training options that win over the config (e.g. ``{"model_name_or_path": ...}``).
         max_eval_samples: evaluate on at most this many rows of each validation set.
-        max_new_tokens: answer length when ``metric`` needs generated answers.
+        max_new_tokens: answer length when ``eval_score`` needs generated answers.
         keep_models: keep each proxy's weights under ``OUT/subsets/<group>/finetune`` (default: deleted after
             its evaluation, since 30 copies of a model rarely fit the disk).
         backend: k-means backend.
-        random_state: k-means seed (the recipe keeps its own ``seed``, the same for every subset).
+        random_state: k-means seed (the training config keeps its own ``seed``, the same for every subset).
         overwrite: discard cached results made with other settings instead of raising.
         progress: show a progress bar over subsets.
+        metric: deprecated name of ``eval_score``.
 
     Returns:
         A :class:`LabelsResult`.
 
     Raises:
-        ConfigError: bad options, a missing recipe, or ``out_dir`` holding results of other settings.
+        ConfigError: bad options, a missing training config, or ``out_dir`` holding results of other settings.
         DataError: unusable pool or validation data.
     """
     from tqdm.auto import tqdm
 
-    _metric_sign(metric)
+    if metric is not None:
+        warnings.warn("generate_labels(metric=...) is deprecated; use eval_score=...", FutureWarning, stacklevel=2)
+        eval_score = metric
+    if recipe_script is not None:
+        warnings.warn(
+            "recipe_script is deprecated and ignored: vlselect labels runs the installed engine selector.training",
+            FutureWarning,
+            stacklevel=2,
+        )
+    _eval_score_sign(eval_score)
     if combine not in COMBINES:
         raise ConfigError(f"unknown combine {combine!r}; choose one of {', '.join(COMBINES)}")
     if max_eval_samples is not None and max_eval_samples < 1:
         raise ConfigError(f"max_eval_samples must be >= 1, got {max_eval_samples}")
     val_sources = parse_val_sources(val)
     _weights(weights, len(val_sources))
-    recipe = load_recipe(recipe_config, recipe_script)
+    config_path = find_training_config(recipe_config)
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     pool, pool_path = _load_pool(dataset, out)
-    recipe_values = _resolved_recipe(recipe, dict(recipe_overrides or {}), pool_path)
+    recipe_values = _resolved_recipe(config_path, dict(recipe_overrides or {}), pool_path)
 
     part_path = out / PARTITION_FILE
     settings = partition_settings(pool, n_subsets, embedding_columns=embedding_columns, random_state=random_state)
@@ -785,12 +599,14 @@ def generate_labels(
         partition = partition_pool(
             pool, n_subsets, embedding_columns=embedding_columns, backend=backend, random_state=random_state
         )
-        _atomic_write_json(part_path, partition.to_json())
+        write_json(part_path, partition.to_json())
     pool_ids = {i for s in partition.subsets for i in s} | set(partition.dropped)
-    val_rows = _check_val_overlap(recipe, val_sources, pool_ids)
+    val_rows = _check_val_overlap(val_sources, pool_ids)
 
-    eval_options = {"metric": metric, "max_eval_samples": max_eval_samples}
-    if metric != "eval_loss":
+    # the key keeps its old name "metric": it is hashed into every cached subset's fingerprint, and renaming it
+    # would make caches written before the rename look like results of other settings.
+    eval_options = {"metric": eval_score, "max_eval_samples": max_eval_samples}
+    if eval_score != "eval_loss":
         eval_options["max_new_tokens"] = max_new_tokens
     subsets_dir = out / SUBSETS_DIR
     subsets_dir.mkdir(exist_ok=True)
@@ -811,7 +627,6 @@ def generate_labels(
         for j in todo:
             bar.set_postfix_str(groups[j])
             records[j] = _run_subset(
-                recipe,
                 recipe_values,
                 pool_path,
                 partition.subsets[j],
@@ -826,7 +641,7 @@ def generate_labels(
 
     names = [name for name, _ in val_sources]
     raw = np.array([[_float(r["scores"].get(name)) for name in names] for r in records], dtype=np.float64)
-    labels = combine_scores(raw, metric=metric, combine=combine, weights=weights)
+    labels = combine_scores(raw, eval_score=eval_score, combine=combine, weights=weights)
     rows = []
     unlabelled = []
     for j, group in enumerate(groups):
@@ -841,13 +656,9 @@ def generate_labels(
             ", ".join(unlabelled),
         )
     if not rows:
-        raise DataError(f"no subset got a finite {metric} on the validation sets; no labels to write")
+        raise DataError(f"no subset got a finite {eval_score} on the validation sets; no labels to write")
     labels_path = out / LABELS_FILE
-    tmp = out / f"{LABELS_FILE}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
-    os.replace(tmp, labels_path)
+    write_jsonl(labels_path, rows)
 
     subsets = [
         {
@@ -866,21 +677,20 @@ def generate_labels(
         "dropped": partition.dropped_counts(),
         "n_labelled_rows": len(rows),
         "unlabelled_subsets": unlabelled,
-        "metric": metric,
-        "direction": "lower is better (label = -score)" if METRICS[metric] < 0 else "higher is better",
+        "eval_score": eval_score,
+        "direction": "lower is better (label = -score)" if EVAL_SCORES[eval_score] < 0 else "higher is better",
         "combine": combine,
         "weights": _weights(weights, len(names)).tolist(),
         "val": dict(val_sources),
         "val_rows": val_rows,
-        "recipe_config": recipe.config,
-        "recipe_script": recipe.script,
+        "recipe_config": config_path,
         "recipe": recipe_values,
         "n_finetuned": len(todo),
         "n_cached": n_cached,
         "subsets": subsets,
     }
     summary_path = out / SUMMARY_FILE
-    _atomic_write_json(summary_path, summary)
+    write_json(summary_path, summary)
     return LabelsResult(
         labels_path=str(labels_path),
         labels={s["group"]: s["label"] for s in subsets},
@@ -931,13 +741,12 @@ def _read_cached(path: Path, fingerprint: str, overwrite: bool) -> dict[str, Any
         logger.warning("%s was made with other settings; redoing it (--overwrite)", path)
         return None
     raise ConfigError(
-        f"{path} holds a result made with another recipe config, validation set or metric; "
+        f"{path} holds a result made with another recipe config, validation set or eval score; "
         "use another --out, or pass --overwrite to redo such subsets"
     )
 
 
 def _run_subset(
-    recipe: Recipe,
     recipe_values: dict[str, Any],
     pool_path: str,
     ids: list[str],
@@ -950,6 +759,7 @@ def _run_subset(
 ) -> dict[str, Any]:
     """Fine-tune a proxy on one subset, evaluate it on every validation set, cache the result atomically."""
     from selector.errors import VLSelectError
+    from selector.training import finetune
 
     work = subsets_dir / group
     work.mkdir(exist_ok=True)
@@ -967,21 +777,22 @@ def _run_subset(
         output_dir=str(work / "finetune"),
         train_ids_file=str(ids_file),
         save_model=True,
-        # an interrupted subset continues from its last checkpoint when the recipe saves some (save_steps)
+        # an interrupted subset continues from its last checkpoint when the config saves some (save_steps)
         resume_from_checkpoint="latest",
     )
     try:
-        trained = recipe.finetune.main(None, **overrides)
+        # looked up on the module at call time, so a test can wrap finetune.train to count or interrupt fine-tunes
+        trained = finetune.train(None, **overrides)
     except VLSelectError as exc:
         raise type(exc)(f"{group}: fine-tuning failed: {exc}") from exc
     model_dir = trained.get("model_dir") or str(work / "finetune")
-    evaluations = _evaluate_proxy(recipe, recipe_values, model_dir, val_sources, work, eval_options, group)
-    metric = eval_options["metric"]
+    evaluations = _evaluate_proxy(recipe_values, model_dir, val_sources, work, eval_options, group)
+    eval_score = eval_options["metric"]
     record = {
         "group": group,
         "fingerprint": fingerprint,
         "n_rows": len(ids),
-        "scores": {name: _float(ev.get(metric)) for name, ev in evaluations.items()},
+        "scores": {name: _float(ev.get(eval_score)) for name, ev in evaluations.items()},
         "evaluations": evaluations,
         "train": {
             k: trained.get(k) for k in ("train_loss", "global_step", "resumed_from_step", "n_train", "train_runtime_s")
@@ -989,7 +800,7 @@ def _run_subset(
         "seconds": time.perf_counter() - started,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    _atomic_write_json(subsets_dir / f"{group}.json", record)
+    write_json(subsets_dir / f"{group}.json", record)
     if not keep_models:
         # the result is cached first: a crash here leaves a finished subset and a folder to delete, not a redo.
         shutil.rmtree(work / "finetune", ignore_errors=True)
@@ -997,29 +808,31 @@ def _run_subset(
     return record
 
 
-def _evaluate_proxy(recipe, recipe_values, model_dir, val_sources, work: Path, eval_options, group: str):
+def _evaluate_proxy(recipe_values, model_dir, val_sources, work: Path, eval_options, group: str):
     import gc
 
     import torch
 
     from selector.errors import VLSelectError
+    from selector.training import evaluation
+    from selector.training.modeling import load_model_and_processor
 
-    model, processor = recipe.finetune.common.load_model_and_processor(
+    model, processor = load_model_and_processor(
         model_dir,
         revision=None,
         dtype=recipe_values.get("torch_dtype", "float32"),
         trust_remote_code=recipe_values.get("trust_remote_code", False),
     )
     model.to("cuda" if torch.cuda.is_available() else "cpu")
-    metric = eval_options["metric"]
+    eval_score = eval_options["metric"]
     evaluations = {}
     try:
         for name, path in val_sources:
             config = {
                 "dataset": path,
                 "output_file": str(work / f"eval_{name}.json"),
-                "compute_loss": metric == "eval_loss",
-                "generate": metric != "eval_loss",
+                "compute_loss": eval_score == "eval_loss",
+                "generate": eval_score != "eval_loss",
                 "per_device_eval_batch_size": recipe_values.get("per_device_eval_batch_size", 4),
                 "max_length": recipe_values.get("max_length"),
                 "max_eval_samples": eval_options.get("max_eval_samples"),
@@ -1027,7 +840,7 @@ def _evaluate_proxy(recipe, recipe_values, model_dir, val_sources, work: Path, e
                 "torch_dtype": recipe_values.get("torch_dtype", "float32"),
             }
             try:
-                result = recipe.evaluate.evaluate(config, model=model, processor=processor)
+                result = evaluation.evaluate(config, model=model, processor=processor)
             except VLSelectError as exc:
                 raise type(exc)(f"{group}: evaluation on {name} failed: {exc}") from exc
             evaluations[name] = {
@@ -1053,11 +866,11 @@ def read_summary(out_dir: str | os.PathLike) -> dict[str, Any]:
 __all__ = [
     "BalancedKMeans",
     "LabelsResult",
+    "EVAL_SCORES",
     "Partition",
-    "Recipe",
     "combine_scores",
+    "find_training_config",
     "generate_labels",
-    "load_recipe",
     "parse_val_sources",
     "partition_pool",
     "partition_settings",

@@ -151,20 +151,9 @@ def test_greedy_coresets_pick_distinct_rows(n, k, seed):
 
 
 def _write_dynamics(path, rows):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from selector.dynamics import write_dynamics
 
-    cols = list(zip(*rows))
-    table = pa.table(
-        {
-            "id": pa.array(cols[0], pa.string()),
-            "epoch": pa.array(cols[1], pa.int64()),
-            "correct": pa.array(cols[2], pa.bool_()),
-            "el2n": pa.array(cols[3], pa.float32()),
-            "curvature": pa.array(cols[4], pa.float32()),
-        }
-    )
-    pq.write_table(table, path)
+    write_dynamics(path, dict(zip(("id", "epoch", "correct", "el2n", "curvature"), map(list, zip(*rows)))))
     return str(path)
 
 

@@ -1,4 +1,5 @@
-"""`vlselect labels` end to end with the tiny recipe config: 3 subsets, interruption and resume, train-selector.
+"""`vlselect labels` end to end with the tiny training config: 3 subsets, interruption and resume, train-selector,
+and the same command from an installed wheel outside the checkout.
 
 A pool of 33 rows in 3 embedding blobs, one blob per answer style: short colour names (the style of the
 validation set), 40-letter noise, and a repeated "ZZZZ". One step of the tiny LLaVA-style model per subset.
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 
 from selector.cli import main
-from selector.labels import load_recipe
+from selector.training import finetune
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = str(ROOT / "recipes" / "configs" / "tiny_cpu.yaml")
@@ -114,7 +115,7 @@ def _args(tiny_vlm, data, out, *extra):
 
 
 class Counter:
-    """Wraps the recipe's ``finetune.main`` to count fine-tunes, optionally failing on the n-th call."""
+    """Wraps ``selector.training.finetune.train`` to count fine-tunes, optionally failing on the n-th call."""
 
     def __init__(self, real, fail_on=None):
         self.real, self.fail_on, self.calls = real, fail_on, 0
@@ -129,23 +130,22 @@ class Counter:
 @pytest.fixture(scope="module")
 def run(tiny_vlm, data, tmp_path_factory):
     """One labels run interrupted by a crash in the second fine-tune, then resumed; the files and counts."""
-    recipe = load_recipe(TINY_CONFIG)
-    real = recipe.finetune.main
+    real = finetune.train
     out = tmp_path_factory.mktemp("labels-run") / "out"
     info = {"out": out}
     try:
-        recipe.finetune.main = Counter(real, fail_on=2)
+        finetune.train = Counter(real, fail_on=2)
         with pytest.raises(RuntimeError, match="injected crash"):
             main(_args(tiny_vlm, data, out))
-        info["first_calls"] = recipe.finetune.main.calls
+        info["first_calls"] = finetune.train.calls
         info["after_crash"] = sorted(p.name for p in (out / "subsets").glob("*.json"))
         info["first_subset"] = (out / "subsets" / "subset_000.json").read_bytes()
         info["labels_after_crash"] = (out / "labels.jsonl").exists()
-        recipe.finetune.main = Counter(real)
+        finetune.train = Counter(real)
         info["rc"] = main(_args(tiny_vlm, data, out))
-        info["resume_calls"] = recipe.finetune.main.calls
+        info["resume_calls"] = finetune.train.calls
     finally:
-        recipe.finetune.main = real
+        finetune.train = real
     return info
 
 
@@ -195,16 +195,15 @@ def test_labels_file_partition_and_scores(run, data):
     # the subset in the validation sets' answer style is the best one
     best = max(summary["subsets"], key=lambda s: s["label"])["group"]
     assert styles[best] == {"good"}
-    assert summary["direction"].startswith("lower is better")
+    assert summary["direction"].startswith("lower is better") and summary["eval_score"] == "eval_loss"
 
 
 def test_rerun_is_cached_and_combine_changes_without_finetuning(run, tiny_vlm, data, capsys):
-    recipe = load_recipe(TINY_CONFIG)
-    real = recipe.finetune.main
+    real = finetune.train
     out = run["out"]
     before = json.loads((out / "summary.json").read_text())
     try:
-        recipe.finetune.main = counter = Counter(real)
+        finetune.train = counter = Counter(real)
         capsys.readouterr()
         assert main(_args(tiny_vlm, data, out)) == 0
         printed = capsys.readouterr().out
@@ -212,10 +211,16 @@ def test_rerun_is_cached_and_combine_changes_without_finetuning(run, tiny_vlm, d
         assert "dropped 3 row(s) (error: 1, no_embedding: 1, balance: 1)" in printed
         # the saved partition is reused whatever k-means backend the resuming machine has
         assert main(_args(tiny_vlm, data, out, "--backend", "sklearn")) == 0
+        # the old spelling --metric still works (warned), and finds the same cached subsets
+        capsys.readouterr()
+        assert main(_args(tiny_vlm, data, out, "--metric", "eval_loss")) == 0
+        assert "--metric is deprecated; use --eval-score" in capsys.readouterr().err
+        assert main(_args(tiny_vlm, data, out, "--eval-score", "eval_loss", "--recipe-script", "x.py")) == 0
+        assert "--recipe-script is deprecated and ignored" in capsys.readouterr().err
         assert main(_args(tiny_vlm, data, out, "--combine", "zscore", "--weights", "3", "1")) == 0
         assert counter.calls == 0
     finally:
-        recipe.finetune.main = real
+        finetune.train = real
     after = json.loads((out / "summary.json").read_text())
     raw = np.array([[s["scores"]["colors"], s["scores"]["sentences"]] for s in before["subsets"]])
     z = -(raw - raw.mean(0)) / raw.std(0)
@@ -238,7 +243,7 @@ def test_validation_rows_shared_with_the_pool_are_warned_about(run, tiny_vlm, da
     argv[argv.index("--val") + 1] = f"colors={data[0]}"  # the pool itself as a validation set
     assert main(argv) == 2  # and refused: the cached subsets were evaluated on another set
     assert "validation set colors shares 32 id(s) with the pool" in caplog.text
-    assert "another recipe config, validation set or metric" in capsys.readouterr().err
+    assert "another recipe config, validation set or eval score" in capsys.readouterr().err
 
 
 def test_nan_subset_is_left_out_with_a_warning(run, tiny_vlm, data, tmp_path, caplog):
@@ -279,8 +284,7 @@ def test_labels_train_a_learned_selector(run, data, tmp_path, capsys):
 
 def test_bad_inputs_fail_before_any_finetune(tiny_vlm, data, tmp_path, capsys):
     scored, val_a, _ = data
-    recipe = load_recipe(TINY_CONFIG)
-    real = recipe.finetune.main
+    real = finetune.train
     base = ["labels", scored, "--n-subsets", "3", "--recipe", TINY_CONFIG, "--out", str(tmp_path / "o")]
     model = ["--set", f"model_name_or_path={tiny_vlm}"]
     cases = [
@@ -291,12 +295,13 @@ def test_bad_inputs_fail_before_any_finetune(tiny_vlm, data, tmp_path, capsys):
         ([*base, *model, "--val", val_a, "--weights", "1", "2"], "one weight per validation set"),
         ([*base, *model, "--val", val_a, "--n-subsets", "40"], "can't fill 40 subsets"),
         ([*base, *model, "--val", val_a, "--embedding-columns", "emb_x"], "emb_x"),
-        ([*base, *model, "--val", val_a, "--recipe-script", str(tmp_path / "f.py")], "no such file"),
+        ([*base[:5], "nope", *base[6:], *model, "--val", val_a], "not a shipped config \\(.*tiny_cpu"),
+        ([*base, *model, "--val", val_a, "--metric", "eval_loss", "--eval-score", "exact_match"], "contradicts"),
         ([*base, *model, "--val", val_a, "--max-eval-samples", "0"], "max_eval_samples must be >= 1"),
         ([*base[:3], "0", *base[4:], *model, "--val", val_a], "--n-subsets must be >= 1"),
     ]
     try:
-        recipe.finetune.main = counter = Counter(real)
+        finetune.train = counter = Counter(real)
         for argv, message in cases:
             capsys.readouterr()
             assert main(argv) == 2, argv
@@ -305,7 +310,7 @@ def test_bad_inputs_fail_before_any_finetune(tiny_vlm, data, tmp_path, capsys):
             assert re.search(message, err), (message, err)
         assert counter.calls == 0
     finally:
-        recipe.finetune.main = real
+        finetune.train = real
 
 
 @pytest.mark.slow
@@ -329,13 +334,12 @@ def test_killed_process_resumes(tiny_vlm, data, tmp_path):
     assert len(done) < 3 and not (out / "labels.jsonl").exists()
     assert not list((out / "subsets").glob("*.tmp-*"))  # atomic writes leave no half-written result
 
-    recipe = load_recipe(TINY_CONFIG)
-    real = recipe.finetune.main
+    real = finetune.train
     try:
-        recipe.finetune.main = counter = Counter(real)
+        finetune.train = counter = Counter(real)
         assert main(_args(tiny_vlm, data, out)) == 0
     finally:
-        recipe.finetune.main = real
+        finetune.train = real
     assert counter.calls == 3 - len(done)
     assert len((out / "labels.jsonl").read_text().splitlines()) == 30
 
@@ -344,8 +348,7 @@ def test_killed_process_resumes(tiny_vlm, data, tmp_path):
 def test_interrupted_subset_continues_from_its_checkpoint_and_overwrite_redoes(tiny_vlm, data, tmp_path):
     out = tmp_path / "out"
     argv = [*_args(tiny_vlm, data, out), "--set", "max_steps=2", "--set", "save_steps=1"]
-    recipe = load_recipe(TINY_CONFIG)
-    real = recipe.finetune.main
+    real = finetune.train
     calls = []
 
     def crash_after_first_step(config=None, **overrides):
@@ -356,7 +359,7 @@ def test_interrupted_subset_continues_from_its_checkpoint_and_overwrite_redoes(t
         return real(config, **overrides)
 
     try:
-        recipe.finetune.main = crash_after_first_step
+        finetune.train = crash_after_first_step
         with pytest.raises(RuntimeError, match="injected crash"):
             main(argv)
         assert (out / "subsets" / "subset_000" / "finetune" / "checkpoint-1").is_dir()
@@ -366,19 +369,19 @@ def test_interrupted_subset_continues_from_its_checkpoint_and_overwrite_redoes(t
         assert len(calls) == 4
 
         # other settings + --overwrite: every subset is redone, none mixed with the old results
-        recipe.finetune.main = counter = Counter(real)
+        finetune.train = counter = Counter(real)
         assert main([*argv, "--set", "learning_rate=0.01", "--overwrite"]) == 0
         assert counter.calls == 3
         summary = json.loads((out / "summary.json").read_text())
         assert summary["recipe"]["learning_rate"] == 0.01 and summary["n_cached"] == 0
     finally:
-        recipe.finetune.main = real
+        finetune.train = real
 
 
 @pytest.mark.slow
-def test_accuracy_metric_generates_answers_and_keeps_models(tiny_vlm, data, tmp_path):
+def test_accuracy_score_generates_answers_and_keeps_models(tiny_vlm, data, tmp_path):
     out = tmp_path / "out"
-    argv = [*_args(tiny_vlm, data, out), "--metric", "contains_answer", "--max-eval-samples", "2", "--keep-models"]
+    argv = [*_args(tiny_vlm, data, out), "--eval-score", "contains_answer", "--max-eval-samples", "2", "--keep-models"]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["direction"] == "higher is better"
@@ -387,7 +390,106 @@ def test_accuracy_metric_generates_answers_and_keeps_models(tiny_vlm, data, tmp_
         for name in ("colors", "sentences"):
             ev = record["evaluations"][name]
             assert ev["n_rows"] == 2 and ev["n_scored"] == 2 and 0.0 <= ev["contains_answer"] <= 1.0
-            assert ev["eval_loss"] is None  # not computed for an accuracy metric
+            assert ev["eval_loss"] is None  # not computed for an accuracy score
             assert (out / "subsets" / sub["group"] / f"eval_{name}.predictions.jsonl").exists()
         assert sub["label"] == pytest.approx(np.mean([record["scores"]["colors"], record["scores"]["sentences"]]))
         assert (out / "subsets" / sub["group"] / "finetune" / "config.json").exists()
+
+
+# ---- from an installed wheel, outside the checkout ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """``(venv_bin, cwd, env)``: vlselect built as a wheel and pip-installed (no deps, no index) into a new venv.
+
+    The venv sees the test environment's packages (torch, transformers, ...) but not the checkout: the sources
+    are copied out before the build (so nothing is written into the checkout), the venv's own site-packages
+    comes first on ``sys.path``, and the outer environment's editable-install hook is never run (a directory
+    listed in a ``.pth`` file is added to ``sys.path`` without processing the ``.pth`` files inside it).
+    """
+    import site
+    import sysconfig
+
+    root = tmp_path_factory.mktemp("wheel")
+    src = root / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    for name in ("selector", "metrics"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env["PIP_NO_CACHE_DIR"] = "1"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(root / "dist"), str(src)],
+        check=True,
+        env=env,
+        timeout=300,
+    )
+    (wheel,) = (root / "dist").glob("vlselect-*.whl")
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True)
+    bindir = venv / ("Scripts" if os.name == "nt" else "bin")
+    python = bindir / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    # this interpreter may itself be a venv, whose packages --system-site-packages does not reach
+    outer = [p for p in site.getsitepackages() + [sysconfig.get_paths()["purelib"]] if os.path.isdir(p)]
+    Path(purelib, "_outer_env.pth").write_text("\n".join(dict.fromkeys(outer)) + "\n")
+    subprocess.run(
+        [str(python), "-m", "pip", "--disable-pip-version-check", "-q", "install", "--no-deps", "--no-index",
+         "--ignore-installed", str(wheel)],
+        check=True,
+        env=env,
+        timeout=300,
+    )  # fmt: skip
+    cwd = root / "elsewhere"
+    cwd.mkdir()
+    return bindir, cwd, env
+
+
+def test_installed_wheel_imports_the_engine_outside_the_checkout(installed):
+    bindir, cwd, env = installed
+    code = (
+        "import sys, selector, selector.training, selector.dynamics, selector.labels; "
+        "from selector.training import find_config; "
+        "print(selector.__file__); print(find_config('proxy_smolvlm_256m')); "
+        "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [str(bindir / "python"), "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    module, config, heavy = proc.stdout.strip().splitlines()
+    venv = str(bindir.parent)
+    assert module.startswith(venv) and not module.startswith(str(ROOT))  # the wheel's copy, not the checkout
+    assert config.startswith(venv) and config.endswith("proxy_smolvlm_256m.yaml")  # shipped as package data
+    assert heavy == "[]"
+    proc = subprocess.run(
+        [str(bindir / "vlselect"), "labels", "--help"], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "--eval-score" in proc.stdout and "--recipe" in proc.stdout
+
+
+def test_vlselect_labels_runs_from_the_installed_wheel(installed, tiny_vlm, data):
+    """The whole command from the wheel: a shipped config by name, fine-tunes and evaluations, labels.jsonl."""
+    bindir, cwd, env = installed
+    scored, val_a, _ = data
+    argv = [
+        str(bindir / "vlselect"), "labels", scored, "--n-subsets", "2", "--recipe", "tiny_cpu",
+        "--set", f"model_name_or_path={tiny_vlm}", "--set", "max_steps=1",
+        "--val", f"colors={val_a}", "--max-eval-samples", "2", "--out", "out", "--quiet",
+    ]  # fmt: skip
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fine-tuned 2 proxy model(s)" in proc.stdout
+    labels = [json.loads(line) for line in (cwd / "out" / "labels.jsonl").read_text().splitlines()]
+    assert len(labels) == 30 and {r["group"] for r in labels} == {"subset_000", "subset_001"}
+    summary = json.loads((cwd / "out" / "summary.json").read_text())
+    assert summary["recipe_config"].startswith(str(bindir.parent))  # the wheel's tiny_cpu.yaml

@@ -1,7 +1,9 @@
-"""Per-example training dynamics (``dynamics.parquet``) and dynamic pruning for the fine-tuning recipe.
+"""Per-example training dynamics measured inside the training loop, and dynamic pruning.
 
-One row per ``(id, epoch)``, recorded from the training forward pass when the example is presented (as Toneva
-et al. record forgetting events):
+The fine-tuning loop (:mod:`selector.training.finetune`) calls these on every forward pass and at every epoch
+boundary; :class:`DynamicsRecorder` collects the numbers and writes them in the ``dynamics.parquet`` format of
+:mod:`selector.dynamics` (one row per ``(id, epoch)``, recorded when the example is presented, as Toneva et al.
+record forgetting events):
 
 - ``loss``: mean cross-entropy over the example's answer tokens (>= 0).
 - ``correct``: every answer token's argmax equals the target.
@@ -20,16 +22,14 @@ et al. record forgetting events):
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import numpy as np
 
 from selector.coreset import unforgettable_order
+from selector.dynamics import COLUMNS, read_dynamics, write_dynamics
 
 logger = logging.getLogger(__name__)
-
-COLUMNS = ("id", "epoch", "step", "loss", "correct", "el2n", "grad_norm", "curvature", "n_tokens")
 
 
 def token_statistics(logits, labels, hidden=None, *, ignore_index: int = -100) -> dict[str, Any]:
@@ -239,31 +239,11 @@ class DynamicsRecorder:
         }
 
     def save(self, path: str) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        cols = self.columns()
-        table = pa.table(
-            {
-                "id": pa.array(cols["id"].tolist(), pa.string()),
-                "epoch": pa.array(cols["epoch"], pa.int64()),
-                "step": pa.array(cols["step"], pa.int64()),
-                "loss": pa.array(cols["loss"], pa.float32()),
-                "correct": pa.array(cols["correct"].tolist(), pa.bool_()),
-                "el2n": pa.array(cols["el2n"], pa.float32()),
-                "grad_norm": pa.array(cols["grad_norm"], pa.float32()),
-                "curvature": pa.array(cols["curvature"], pa.float32()),
-                "n_tokens": pa.array(cols["n_tokens"], pa.int64()),
-            }
-        )
-        tmp = f"{path}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        """Write the records as ``dynamics.parquet`` (atomically; see :func:`selector.dynamics.write_dynamics`)."""
+        write_dynamics(path, self.columns())
 
     def load(self, path: str) -> None:
         """Restore records from a ``dynamics.parquet`` written by :meth:`save` (for resume)."""
-        from selector.coreset import read_dynamics
-
         table = read_dynamics(path)
         position = {row_id: k for k, row_id in enumerate(self.ids)}
         for k, row_id in enumerate(table["id"].tolist()):
@@ -304,3 +284,6 @@ def prune_step(
     new_active = sorted([i for i in active if i not in dropped_set] + restored)
     new_pool = list(pool[len(restored) :]) + dropped
     return new_active, new_pool, dropped, restored
+
+
+__all__ = ["DynamicsRecorder", "LMHeadInputs", "curvature", "prune_step", "token_statistics"]

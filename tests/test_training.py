@@ -1,4 +1,4 @@
-"""Fine-tuning and evaluation recipes on a tiny LLaVA-style model built from configs (CPU, seconds)."""
+"""The training engine (selector.training) on a tiny LLaVA-style model built from configs (CPU, seconds)."""
 
 from __future__ import annotations
 
@@ -6,20 +6,21 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import selector.dynamics
+from selector.errors import ConfigError, DataError
+from selector.training import callbacks, evaluation, finetune, modeling
+from selector.training.config import find_config, parse_args, resolve_config, shipped_configs
+from selector.training.data import IGNORE_INDEX, ChatCollator, assistant_spans, load_rows, to_chat
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from recipes import common, dynamics, evaluate, finetune  # noqa: E402
-from selector.errors import ConfigError, DataError  # noqa: E402
-
-TINY_CONFIG = str(ROOT / "recipes" / "configs" / "tiny_cpu.yaml")
+TINY_CONFIG = "tiny_cpu"  # a config shipped with the package, found by name
 COLORS = {"red": (255, 0, 0), "blue": (0, 0, 255), "green": (0, 255, 0), "yellow": (255, 255, 0)}
 
 
@@ -72,7 +73,7 @@ def color_data(tmp_path_factory) -> str:
 
 def _train(tiny_vlm, data, out, **overrides):
     options = {"model_name_or_path": tiny_vlm, "dataset": data, "output_dir": str(out), **overrides}
-    return finetune.main(TINY_CONFIG, **options)
+    return finetune.train(TINY_CONFIG, **options)
 
 
 # ---- labels ----------------------------------------------------------------------------------------------------
@@ -86,11 +87,11 @@ def test_labels_cover_assistant_tokens_only(tiny_vlm):
         _row(0, "red", extra_turns=[{"role": "user", "content": "Sure?"}, {"role": "assistant", "content": "yes"}]),
         _row(1, "blue", image=False),
     ]
-    batch = common.ChatCollator(processor)(rows)
+    batch = ChatCollator(processor)(rows)
     tok = processor.tokenizer
     for b, expected in enumerate(["red<|im_end|>\nyes<|im_end|>\n", "blue<|im_end|>\n"]):
         labels = batch["labels"][b]
-        kept = batch["input_ids"][b][labels != common.IGNORE_INDEX]
+        kept = batch["input_ids"][b][labels != IGNORE_INDEX]
         assert tok.decode(kept) == expected
         # labels are exactly the input ids where kept
         assert (labels[labels != -100] == batch["input_ids"][b][labels != -100]).all()
@@ -108,14 +109,14 @@ def test_assistant_spans_fall_back_to_answer_text():
             text = "".join(f"[{len(chat)}]{t['role']}:" + "".join(p["text"] for p in t["content"]) for t in chat)
             return text + ("[gen]" if add_generation_prompt else "")
 
-    chat = common.to_chat([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
+    chat = to_chat([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
     full = Weird().apply_chat_template(chat)
-    spans = common.assistant_spans(Weird(), chat, full)
+    spans = assistant_spans(Weird(), chat, full)
     assert [full[a:b] for a, b in spans] == ["hello"]
 
 
 def test_to_chat_places_images_as_parts():
-    chat = common.to_chat([{"role": "user", "content": "<image>\nWhat is <image> this?"}])
+    chat = to_chat([{"role": "user", "content": "<image>\nWhat is <image> this?"}])
     assert chat[0]["content"] == [
         {"type": "image"},
         {"type": "text", "text": "What is "},
@@ -139,7 +140,7 @@ def test_two_cpu_steps_with_tiny_config(tiny_vlm, color_data, tmp_path, caplog):
     assert np.isfinite(result["eval_loss"]) and result["eval_loss"] > 0
     assert len(result["loss_history"]) == 2
     table = pq.read_table(result["dynamics_path"]).to_pydict()
-    assert set(dynamics.COLUMNS) <= set(table)
+    assert set(selector.dynamics.COLUMNS) <= set(table)
     assert len(table["id"]) == 4  # 2 steps x batch 2, one row per (id, epoch)
     assert "r6" not in table["id"]
     assert all(n > 0 for n in table["n_tokens"])
@@ -149,7 +150,7 @@ def test_two_cpu_steps_with_tiny_config(tiny_vlm, color_data, tmp_path, caplog):
     assert saved["global_step"] == 2
     assert (tmp_path / "run" / "finetune_config.yaml").exists()
     # the output folder loads back like a Hub checkpoint and is scored by the evaluator
-    scores = evaluate.evaluate(
+    scores = evaluation.evaluate(
         {
             "model_name_or_path": str(tmp_path / "run"),
             "dataset": color_data,
@@ -245,7 +246,7 @@ def test_lora_adapter_trains_and_reloads(tiny_vlm, color_data, tmp_path):
     config = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
     assert config["modules_to_save"] == ["multi_modal_projector"]
     assert all("vision_tower" not in name for name in config["target_modules"])  # frozen tower gets no adapter
-    model, processor = common.load_model_and_processor(str(tmp_path / "lora"))
+    model, processor = modeling.load_model_and_processor(str(tmp_path / "lora"))
     assert type(model).__name__ == "PeftModel"
     trainable = {name for name, p in model.named_parameters() if "lora_" in name}
     assert trainable and all("language_model" in name for name in trainable)
@@ -259,22 +260,24 @@ def test_config_unknown_key_and_bad_type(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model_name_or_path: x\nlearning_rat: 0.1\n")
     with pytest.raises(ConfigError, match="unknown option.*learning_rat"):
-        common.resolve_config(finetune.FinetuneConfig, str(bad))
+        resolve_config(finetune.FinetuneConfig, str(bad))
     with pytest.raises(ConfigError, match="per_device_train_batch_size"):
-        common.resolve_config(finetune.FinetuneConfig, {"per_device_train_batch_size": "many"})
+        resolve_config(finetune.FinetuneConfig, {"per_device_train_batch_size": "many"})
+    (tmp_path / "broken.yaml").write_text("a: [1,\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
-        (tmp_path / "broken.yaml").write_text("a: [1,\n")
-        common.read_yaml(tmp_path / "broken.yaml")
+        resolve_config(finetune.FinetuneConfig, str(tmp_path / "broken.yaml"))
+    with pytest.raises(ConfigError, match="not a shipped config.*tiny_cpu"):
+        finetune.train("no_such_config")
 
 
 def test_cli_flags_override_yaml(tmp_path):
-    cfg = common.parse_args(
+    cfg = parse_args(
         finetune.FinetuneConfig,
         ["--config", TINY_CONFIG, "--max_steps", "5", "--use_lora", "true", "--lora_target_modules", "q_proj,v_proj"],
     )
     assert cfg.max_steps == 5 and cfg.use_lora is True and cfg.lora_target_modules == ["q_proj", "v_proj"]
     assert cfg.per_device_train_batch_size == 2  # from the YAML
-    assert finetune.cli(["--config", TINY_CONFIG]) == 2  # required options missing -> one-line error, exit 2
+    assert finetune.main(["--config", TINY_CONFIG]) == 2  # required options missing -> one-line error, exit 2
 
 
 @pytest.mark.parametrize(
@@ -299,7 +302,7 @@ def test_bad_options_raise_clear_errors(tiny_vlm, color_data, tmp_path, override
 def test_all_rows_with_errors_is_a_data_error(tmp_path):
     data = _save([_row(0, "red", error="corrupt_image: x"), _row(1, "blue", error="missing_image: y")], tmp_path / "d")
     with pytest.raises(DataError, match="no usable rows"):
-        common.load_rows(data)
+        load_rows(data)
 
 
 def test_train_ids_select_a_subset(tiny_vlm, color_data, tmp_path):
@@ -323,7 +326,7 @@ def test_token_statistics_match_autograd():
     hidden = torch.randn(2, 6, dim)
     labels = torch.tensor([[-100, -100, 3, 1, 4, -100], [-100, 2, 2, -100, -100, -100]])
     logits = head(hidden)
-    stats = dynamics.token_statistics(logits, labels, hidden)
+    stats = callbacks.token_statistics(logits, labels, hidden)
     per = stats["per_example"]
     for b in range(2):
         head.zero_grad()
@@ -349,35 +352,35 @@ def test_token_statistics_nan_for_rows_without_answer():
 
     logits = torch.randn(2, 4, 5)
     labels = torch.tensor([[-100, 1, 2, 3], [-100, -100, -100, -100]])
-    per = dynamics.token_statistics(logits, labels)["per_example"]
+    per = callbacks.token_statistics(logits, labels)["per_example"]
     assert np.isfinite(float(per["loss"][0])) and np.isnan(float(per["loss"][1]))
     assert np.isnan(float(per["correct"][1])) and float(per["n_tokens"][1]) == 0
 
 
 def test_prune_step_drops_unforgettable_and_restores_from_pool():
-    rec = dynamics.DynamicsRecorder(["a", "b", "c", "d", "e", "f"])
+    rec = callbacks.DynamicsRecorder(["a", "b", "c", "d", "e", "f"])
     # epoch 0 and 1 for active {0..3}: a always right (unforgettable), b forgotten once, c never learned, d right
     pattern = {0: [1, 1], 1: [1, 0], 2: [0, 0], 3: [0, 1]}
     losses = {0: [0.1, 0.05], 1: [0.2, 0.9], 2: [2.0, 2.0], 3: [1.0, 0.3]}
     for epoch in range(2):
         for i in range(4):
             rec.add(epoch, epoch + 1, [i], {"loss": [losses[i][epoch]], "correct": [pattern[i][epoch]]})
-    active, pool, dropped, restored = dynamics.prune_step([0, 1, 2, 3], [4, 5], rec, 0.5)
+    active, pool, dropped, restored = callbacks.prune_step([0, 1, 2, 3], [4, 5], rec, 0.5)
     assert dropped == [0, 3]  # zero forgetting events and correct now; a has the lower loss
     assert restored == [4, 5]
     assert active == [1, 2, 4, 5] and pool == [0, 3]
     # nothing to restore: the active set shrinks
-    active, pool, dropped, restored = dynamics.prune_step([0, 1, 2, 3], [], rec, 0.25)
+    active, pool, dropped, restored = callbacks.prune_step([0, 1, 2, 3], [], rec, 0.25)
     assert dropped == [0] and restored == [] and active == [1, 2, 3] and pool == [0]
 
 
 def test_recorder_roundtrip(tmp_path):
-    rec = dynamics.DynamicsRecorder(["x", "y"])
+    rec = callbacks.DynamicsRecorder(["x", "y"])
     rec.add(0, 1, [1, 0, 1], {"loss": [0.5, 1.5, 9.0], "correct": [1, 0, 0], "n_tokens": [3, 2, 3]})
     rec.add_curvature(0, [0], [0.25])
     path = str(tmp_path / "d.parquet")
     rec.save(path)
-    back = dynamics.DynamicsRecorder(["x", "y"])
+    back = callbacks.DynamicsRecorder(["x", "y"])
     back.load(path)
     cols = back.columns()
     assert cols["id"].tolist() == ["x", "y"]
@@ -409,7 +412,7 @@ def test_evaluator_scores_a_known_answer_file(tmp_path):
     ]  # r4 missing
     preds.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     out = tmp_path / "scores.json"
-    scores = evaluate.evaluate({"dataset": data, "predictions_file": str(preds), "output_file": str(out)})
+    scores = evaluation.evaluate({"dataset": data, "predictions_file": str(preds), "output_file": str(out)})
     assert scores["n_scored"] == 5 and scores["n_missing"] == 1 and scores["n_extra"] == 1
     assert scores["exact_match"] == pytest.approx(2 / 5)
     assert scores["contains_answer"] == pytest.approx(3 / 5)
@@ -419,26 +422,26 @@ def test_evaluator_scores_a_known_answer_file(tmp_path):
 
 
 def test_normalisation_and_matching():
-    assert evaluate.normalize_answer("The  Two, dogs!") == "2 dogs"
-    assert evaluate.normalize_answer("1,000") == "1000"
-    assert evaluate.exact_match("An apple", ["apple", "pear"])
-    assert not evaluate.exact_match("", [""])
-    assert evaluate.contains_answer("I see 2 cats", ["two cats"])
-    assert not evaluate.contains_answer("category", ["cat"])
+    assert evaluation.normalize_answer("The  Two, dogs!") == "2 dogs"
+    assert evaluation.normalize_answer("1,000") == "1000"
+    assert evaluation.exact_match("An apple", ["apple", "pear"])
+    assert not evaluation.exact_match("", [""])
+    assert evaluation.contains_answer("I see 2 cats", ["two cats"])
+    assert not evaluation.contains_answer("category", ["cat"])
 
 
 def test_predictions_file_errors(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "prediction": "x"}\nnot json\n')
-    with pytest.raises(DataError, match="bad.jsonl:2"):
-        evaluate.read_predictions(str(bad))
+    with pytest.raises(DataError, match="bad.jsonl: invalid JSON on line 2"):
+        evaluation.read_predictions(str(bad))
     (tmp_path / "wrong.jsonl").write_text('{"id": "a"}\n')
     with pytest.raises(DataError, match="prediction"):
-        evaluate.read_predictions(str(tmp_path / "wrong.jsonl"))
+        evaluation.read_predictions(str(tmp_path / "wrong.jsonl"))
     (tmp_path / "obj.json").write_text('{"a": "red", "b": null}')
-    assert evaluate.read_predictions(str(tmp_path / "obj.json")) == {"a": "red", "b": None}
+    assert evaluation.read_predictions(str(tmp_path / "obj.json")) == {"a": "red", "b": None}
     with pytest.raises(ConfigError, match="model_name_or_path"):
-        evaluate.evaluate({"dataset": "x"})
+        evaluation.evaluate({"dataset": "x"})
 
 
 def test_answers_column_gives_several_references(tmp_path):
@@ -451,9 +454,9 @@ def test_answers_column_gives_several_references(tmp_path):
             "answers": [["cat", "kitten"], []],
         }
     )
-    refs = evaluate.references_from_dataset(ds)
+    refs = evaluation.references_from_dataset(ds)
     assert refs == {"a": ["cat", "kitten"], "b": []}
-    scores = evaluate.score_predictions({"a": "kitten", "b": "y"}, refs)
+    scores = evaluation.score_predictions({"a": "kitten", "b": "y"}, refs)
     assert scores["n_scored"] == 1 and scores["n_no_reference"] == 1 and scores["exact_match"] == 1.0
 
 
@@ -473,7 +476,7 @@ def test_smolvlm_class_model_labels_and_training(tiny_idefics3, tmp_path):
     processor = AutoProcessor.from_pretrained(tiny_idefics3)
     follow_up = [{"role": "user", "content": "Sure?"}, {"role": "assistant", "content": "yes"}]
     rows = [_row(0, "red", extra_turns=follow_up), _row(1, "blue", image=False)]
-    batch = common.ChatCollator(processor)(rows)
+    batch = ChatCollator(processor)(rows)
     tok = processor.tokenizer
     kept = [tok.decode(batch["input_ids"][b][batch["labels"][b] != -100]) for b in range(2)]
     assert kept == [" red<end_of_utterance>\n yes<end_of_utterance>\n", " blue<end_of_utterance>\n"]
@@ -483,40 +486,55 @@ def test_smolvlm_class_model_labels_and_training(tiny_idefics3, tmp_path):
     result = _train(tiny_idefics3, data, tmp_path / "run", max_steps=2, per_device_train_batch_size=3)
     assert result["global_step"] == 2 and np.isfinite(result["train_loss"])
     # evaluation with an in-memory model (as proxy fine-tunes do), generation on mixed image/text rows
-    model, processor = common.load_model_and_processor(result["model_dir"])
-    scores = evaluate.evaluate({"dataset": data, "max_new_tokens": 2}, model=model, processor=processor)
+    model, processor = modeling.load_model_and_processor(result["model_dir"])
+    scores = evaluation.evaluate({"dataset": data, "max_new_tokens": 2}, model=model, processor=processor)
     assert scores["n_scored"] == 3 and np.isfinite(scores["eval_loss"]) and 0 <= scores["exact_match"] <= 1
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "recipes" / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_configs_are_valid(path):
-    cfg = common.resolve_config(finetune.FinetuneConfig, str(path), dataset="d", output_dir="o")
+@pytest.mark.parametrize("name", sorted(shipped_configs()))
+def test_shipped_configs_are_valid(name):
+    cfg = resolve_config(finetune.FinetuneConfig, find_config(name), dataset="d", output_dir="o")
     if not cfg.model_name_or_path:
-        cfg = common.resolve_config(finetune.FinetuneConfig, cfg, model_name_or_path="m")
+        cfg = resolve_config(finetune.FinetuneConfig, cfg, model_name_or_path="m")
     finetune.validate(cfg)
 
 
-def test_scripts_run_as_files():
-    import subprocess
+def test_recipes_configs_are_the_shipped_configs():
+    # recipes/configs is the checkout's view of the package data, not a second copy that could drift
+    shipped = shipped_configs()
+    assert {"tiny_cpu", "proxy_smolvlm_256m"} <= set(shipped)
+    assert (ROOT / "recipes" / "configs").resolve() == Path(shipped["tiny_cpu"]).parent.resolve()
+    assert find_config(ROOT / "recipes" / "configs" / "tiny_cpu.yaml") == str(Path(shipped["tiny_cpu"]).resolve())
+    assert find_config("tiny_cpu.yaml") == shipped["tiny_cpu"]
 
+
+def test_scripts_run_as_files_and_stay_thin():
     for script in ("finetune.py", "evaluate.py"):
-        proc = subprocess.run(
-            [sys.executable, str(ROOT / "recipes" / script), "--help"], capture_output=True, text=True, timeout=120
-        )
+        path = ROOT / "recipes" / script
+        proc = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert "--config" in proc.stdout and "--dataset" in proc.stdout
+        assert len(path.read_text().splitlines()) <= 40  # a launcher; the engine lives in selector.training
+
+
+def test_no_sys_path_edits_and_no_loading_by_file_path():
+    offenders = []
+    for folder in ("selector", "metrics", "recipes"):
+        for path in (ROOT / folder).rglob("*.py"):
+            text = path.read_text(encoding="utf-8")
+            if "sys.path" in text or "spec_from_file_location" in text:
+                offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []
 
 
 def test_evaluate_cli_reports_bad_input(tmp_path, capsys):
-    assert evaluate.cli(["--dataset", str(tmp_path / "missing"), "--predictions_file", "p.jsonl"]) == 2
+    assert evaluation.main(["--dataset", str(tmp_path / "missing"), "--predictions_file", "p.jsonl"]) == 2
     assert "error:" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_two_processes_data_parallel_on_cpu(tiny_vlm, color_data, tmp_path):
     """torchrun with 2 CPU processes (gloo): same step count logic, gathered dynamics, one output."""
-    import subprocess
-
     import pyarrow.parquet as pq
 
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")

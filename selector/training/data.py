@@ -1,161 +1,28 @@
-"""Shared pieces of the recipes: YAML/CLI configuration, data loading, chat formatting with assistant-only labels.
+"""Training data for the engine: canonical rows in, padded batches with assistant-only labels out.
 
-Configuration follows alignment-handbook: YAML keys = dataclass fields = CLI flags. ``--config file.yaml`` is
-read first, then any ``--field value`` flag overrides it; unknown keys are an error.
+:func:`load_rows` reads canonical rows (any format :func:`selector.data.load_instructions` reads, or a
+``save_to_disk`` folder) and leaves out rows whose ``error`` marks them unusable (counted and logged, never
+silent). :class:`ChatCollator` renders each conversation with the processor's chat template and labels the
+assistant tokens only.
 """
 
 from __future__ import annotations
 
-import argparse
 import bisect
-import dataclasses
 import logging
 import os
-import sys
-import typing
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from selector.errors import ConfigError, DataError  # noqa: E402
+from selector.errors import DataError
 
 logger = logging.getLogger(__name__)
 
+#: label of every token that carries no loss (prompt, images, padding), as in ``torch.nn.CrossEntropyLoss``
 IGNORE_INDEX = -100
 
 
-def _field_types(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _base_type(tp) -> tuple[type, bool]:
-    """``int | None`` -> (int, optional); ``list[str] | None`` -> (list, True)."""
-    args = typing.get_args(tp)
-    optional = type(None) in args
-    if args and typing.get_origin(tp) is not list:
-        non_none = [a for a in args if a is not type(None)]
-        tp = non_none[0] if len(non_none) == 1 else str
-    origin = typing.get_origin(tp)
-    return (origin or tp), optional
-
-
-def _coerce(name: str, value: Any, tp) -> Any:
-    base, optional = _base_type(tp)
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"option {name!r} may not be empty")
-    if isinstance(value, str) and optional and value.lower() in ("none", "null"):
-        return None
-    try:
-        if base is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "1", "yes"):
-                return True
-            if isinstance(value, str) and value.lower() in ("false", "0", "no"):
-                return False
-            raise ValueError(value)
-        if base is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError(value)
-            return int(value)
-        if base is float:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            return float(value)
-        if base is list:
-            if isinstance(value, str):
-                return [v for v in value.split(",") if v]
-            return [str(v) for v in value]
-        if base is str:
-            if isinstance(value, (dict, list)):
-                raise ValueError(value)
-            return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"option {name!r}: {value!r} is not a valid {getattr(base, '__name__', base)}") from None
-    return value
-
-
-def make_config(cls, values: dict[str, Any]):
-    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise :class:`ConfigError`."""
-    types = _field_types(cls)
-    unknown = sorted(set(values) - set(types))
-    if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(unknown)} for {cls.__name__}; known: {', '.join(types)}")
-    kwargs = {name: _coerce(name, value, types[name]) for name, value in values.items()}
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{cls.__name__}: {exc}") from None
-
-
-def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path}: no such file") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected a mapping of option: value, got {type(data).__name__}")
-    return data
-
-
-def resolve_config(cls, config=None, **overrides):
-    """Turn a dataclass instance, mapping, or YAML path (+ keyword overrides) into a validated ``cls``."""
-    if isinstance(config, cls):
-        values = dataclasses.asdict(config)
-    elif config is None:
-        values = {}
-    elif isinstance(config, (str, os.PathLike)):
-        values = read_yaml(config)
-    elif isinstance(config, dict):
-        values = dict(config)
-    else:
-        raise ConfigError(f"expected a {cls.__name__}, a dict or a YAML path, got {type(config).__name__}")
-    values.update(overrides)
-    return make_config(cls, values)
-
-
-def parse_args(cls, argv: list[str] | None = None):
-    """``--config file.yaml`` plus ``--<field> value`` flags -> ``cls``; flags override the file."""
-    types = _field_types(cls)
-    parser = argparse.ArgumentParser(description=(cls.__doc__ or "").split("\n")[0])
-    parser.add_argument("--config", help="YAML file whose keys are the options below")
-    for field in dataclasses.fields(cls):
-        base, _ = _base_type(types[field.name])
-        default = field.default if field.default is not dataclasses.MISSING else None
-        parser.add_argument(
-            f"--{field.name}",
-            default=argparse.SUPPRESS,
-            help=f"{getattr(base, '__name__', base)} (default: {default!r})",
-        )
-    args = vars(parser.parse_args(argv))
-    config = args.pop("config", None)
-    return resolve_config(cls, config, **args)
-
-
-def write_config(config, path: str | os.PathLike) -> None:
-    """Write the resolved configuration (every default filled in) as YAML."""
-    import yaml
-
-    with open(path, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(dataclasses.asdict(config), handle, sort_keys=False)
-
-
-# ---- data -----------------------------------------------------------------------------------------------------
-
-
-def values(dataset, name: str) -> list:
+def column_list(dataset, name: str) -> list:
     """One column of a ``datasets.Dataset`` as a list, honouring ``select``/``filter`` index mappings."""
     return dataset.select_columns([name])[:][name]
 
@@ -166,8 +33,8 @@ def _is_saved_dataset(path: str) -> bool:
     )
 
 
-def load_rows(path: str, *, format: str = "auto", image_root: str | None = None, split: str = "train"):
-    """Load canonical rows and drop those with ``error`` set (counted and logged, never silent).
+def load_rows(path: str | os.PathLike, *, format: str = "auto", image_root: str | None = None, split: str = "train"):
+    """Load canonical rows and drop the unusable ones (counted and logged, never silent).
 
     Args:
         path: a data file or folder for :func:`selector.data.load_instructions`, or a ``save_to_disk`` folder
@@ -177,14 +44,15 @@ def load_rows(path: str, *, format: str = "auto", image_root: str | None = None,
         split: split of a saved ``DatasetDict``.
 
     Returns:
-        ``(dataset, skipped)``: the usable rows and a ``{error_kind: count}`` dict of the rows left out.
+        ``(dataset, skipped)``: the usable rows (``error`` None, NaN or ``""``; see :mod:`selector.rows`) and a
+        ``{error_kind: count}`` dict of the rows left out.
 
     Raises:
         DataError: the path does not exist, lacks the canonical columns, or has no usable row.
     """
     from datasets import DatasetDict, load_from_disk
 
-    from selector.data.schema import error_kind
+    from selector.rows import error_kind, usable_mask
 
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -204,11 +72,9 @@ def load_rows(path: str, *, format: str = "auto", image_root: str | None = None,
         raise DataError(f"dataset {path} lacks the canonical column(s) {', '.join(sorted(missing))}")
     skipped: Counter[str] = Counter()
     if "error" in dataset.column_names:
-        errors = values(dataset, "error")
-        keep = [i for i, err in enumerate(errors) if err is None]
-        for err in errors:
-            if err is not None:
-                skipped[error_kind(err)] += 1
+        errors = column_list(dataset, "error")
+        usable = usable_mask(errors, len(errors))
+        skipped.update(error_kind(err) for err, ok in zip(errors, usable) if not ok)
         if skipped:
             logger.warning(
                 "%s: skipping %d row(s) with errors (%s)",
@@ -216,10 +82,10 @@ def load_rows(path: str, *, format: str = "auto", image_root: str | None = None,
                 sum(skipped.values()),
                 ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())),
             )
-            dataset = dataset.select(keep)
+            dataset = dataset.select(usable.nonzero()[0].tolist())
     if len(dataset) == 0:
         raise DataError(f"dataset {path} has no usable rows (skipped: {dict(skipped)})")
-    ids = values(dataset, "id")
+    ids = column_list(dataset, "id")
     if len(set(ids)) != len(ids):
         raise DataError(f"dataset {path}: ids are not unique; training dynamics are keyed by id")
     return dataset, dict(skipped)
@@ -304,6 +170,7 @@ class ChatCollator:
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
+        from transformers import BatchFeature
 
         from selector.data.schema import row_images, to_rgb
 
@@ -319,8 +186,6 @@ class ChatCollator:
             spans.append(assistant_spans(self.processor, chat, full))
             images.append([to_rgb(img) for img in row_images(row)])
         has_images = any(images)
-        from transformers import BatchFeature
-
         # Tensors are made after popping the offsets: some processors (Idefics3) try to tensorise the list of
         # replacement records and fail.
         raw = self.processor(
@@ -384,52 +249,4 @@ class RowDataset:
         return row
 
 
-# ---- models ---------------------------------------------------------------------------------------------------
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-def torch_dtype(name: str):
-    import torch
-
-    if name not in DTYPES:
-        raise ConfigError(f"torch_dtype {name!r}: expected one of {', '.join(DTYPES)}")
-    if name == "auto":
-        return "auto"
-    return getattr(torch, name)
-
-
-def load_model_and_processor(
-    model_name_or_path: str,
-    *,
-    revision: str | None = None,
-    dtype: str = "float32",
-    attn_implementation: str | None = None,
-    trust_remote_code: bool = False,
-):
-    """``AutoModelForImageTextToText`` + ``AutoProcessor``; a LoRA adapter folder loads its base model first."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
-    model_kwargs = dict(kwargs, dtype=torch_dtype(dtype))
-    if attn_implementation:
-        model_kwargs["attn_implementation"] = attn_implementation
-    adapter = os.path.isdir(model_name_or_path) and os.path.exists(
-        os.path.join(model_name_or_path, "adapter_config.json")
-    )
-    try:
-        if adapter:
-            from selector.errors import require
-
-            require("peft", "recipes", "LoRA adapters")
-            from peft import PeftConfig, PeftModel
-
-            base_path = PeftConfig.from_pretrained(model_name_or_path).base_model_name_or_path
-            base = AutoModelForImageTextToText.from_pretrained(base_path, **model_kwargs)
-            model = PeftModel.from_pretrained(base, model_name_or_path)
-        else:
-            model = AutoModelForImageTextToText.from_pretrained(model_name_or_path, **model_kwargs)
-        processor = AutoProcessor.from_pretrained(model_name_or_path, **kwargs)
-    except OSError as exc:
-        raise ConfigError(f"can't load model {model_name_or_path!r}: {exc}") from None
-    return model, processor
+__all__ = ["IGNORE_INDEX", "ChatCollator", "RowDataset", "assistant_spans", "column_list", "load_rows", "to_chat"]

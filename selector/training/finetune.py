@@ -1,0 +1,662 @@
+"""The fine-tuning loop: a vision-language model on canonical vlselect rows, with Accelerate.
+
+Loss is on assistant tokens only; optional LoRA; gradient accumulation; bf16 where the GPU supports it;
+checkpoints with exact resume (model, optimizer, scheduler, RNG, data position, active set); validation loss;
+``dynamics.parquet`` of per-example training dynamics (:mod:`selector.training.callbacks`); optional dynamic
+pruning of unforgettable examples.
+
+From Python::
+
+    from selector.training import train
+    result = train("tiny_cpu", model_name_or_path="path/to/model", dataset="data/", output_dir="out/run1")
+    result["output_dir"], result["eval_loss"]
+
+From the shell (``accelerate launch`` for several processes)::
+
+    accelerate launch -m selector.training.finetune --config proxy_smolvlm_256m --dataset data/ --output_dir out/
+    accelerate launch recipes/finetune.py --config recipes/configs/tiny_cpu.yaml [--<option> value ...]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+from selector.errors import ConfigError, DataError
+from selector.fileio import read_json, write_json
+from selector.training import callbacks
+from selector.training.config import find_config, parse_args, resolve_config, write_config
+from selector.training.data import ChatCollator, RowDataset, column_list, load_rows
+from selector.training.modeling import load_model_and_processor, torch_dtype
+
+logger = logging.getLogger(__name__)
+
+VISION_MARKERS = ("vision_tower", "vision_model", "visual", "vision_encoder", "image_encoder")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+
+
+@dataclass
+class FinetuneConfig:
+    """Options of the fine-tuning loop (YAML keys = these fields = CLI flags)."""
+
+    model_name_or_path: str = ""
+    dataset: str = ""
+    output_dir: str = ""
+    revision: str | None = None
+    trust_remote_code: bool = False
+    dataset_format: str = "auto"
+    image_root: str | None = None
+    dataset_split: str = "train"
+    train_ids: list[str] | None = None
+    train_ids_file: str | None = None
+    eval_dataset: str | None = None
+    eval_fraction: float = 0.0
+    max_train_samples: int | None = None
+    num_train_epochs: int = 1
+    max_steps: int = -1
+    per_device_train_batch_size: int = 1
+    per_device_eval_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 2e-5
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    max_length: int | None = 2048
+    torch_dtype: str = "float32"
+    mixed_precision: str = "auto"
+    attn_implementation: str | None = None
+    gradient_checkpointing: bool = False
+    freeze_vision_tower: bool = True
+    use_lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    lora_modules_to_save: list[str] | None = None
+    merge_lora: bool = False
+    save_steps: int = 0
+    save_total_limit: int | None = 2
+    resume_from_checkpoint: str | None = None
+    logging_steps: int = 10
+    seed: int = 0
+    dataloader_num_workers: int = 0
+    ddp_find_unused_parameters: bool = True
+    dynamics: bool = True
+    dynamics_grad_norm: bool = False
+    dynamics_curvature: bool = False
+    curvature_h: float = 1e-3
+    curvature_probes: int = 1
+    prune_fraction: float = 0.0
+    save_model: bool = True
+
+
+def validate(cfg: FinetuneConfig) -> None:
+    """Raise :class:`ConfigError` for impossible option values."""
+    for name in ("model_name_or_path", "dataset", "output_dir"):
+        if not getattr(cfg, name):
+            raise ConfigError(f"option {name!r} is required")
+    positive = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
+    for name in positive + ("num_train_epochs", "curvature_probes"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"option {name!r} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.max_steps == 0 or cfg.max_steps < -1:
+        raise ConfigError(f"max_steps must be -1 (use num_train_epochs) or >= 1, got {cfg.max_steps}")
+    if not 0.0 <= cfg.eval_fraction < 1.0:
+        raise ConfigError(f"eval_fraction must be in [0, 1), got {cfg.eval_fraction}")
+    if not 0.0 <= cfg.prune_fraction < 1.0:
+        raise ConfigError(f"prune_fraction must be in [0, 1), got {cfg.prune_fraction}")
+    if cfg.prune_fraction > 0 and not cfg.dynamics:
+        raise ConfigError("prune_fraction needs dynamics: true (pruning ranks examples by their forgetting events)")
+    if cfg.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+        raise ConfigError(f"mixed_precision {cfg.mixed_precision!r}: expected auto, no, bf16 or fp16")
+    if cfg.lr_scheduler_type not in SCHEDULERS:
+        raise ConfigError(f"lr_scheduler_type {cfg.lr_scheduler_type!r}: expected one of {', '.join(SCHEDULERS)}")
+    if not 0.0 <= cfg.warmup_ratio < 1.0:
+        raise ConfigError(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
+    if cfg.max_length is not None and cfg.max_length < 8:
+        raise ConfigError(f"max_length must be >= 8, got {cfg.max_length}")
+    torch_dtype(cfg.torch_dtype)
+
+
+def _mixed_precision(name: str) -> str:
+    import torch
+
+    if name != "auto":
+        return name
+    # bf16 only where the hardware does it natively; fp16 needs loss scaling and is opt-in.
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _id_hash(row_id: str, seed: int) -> str:
+    return hashlib.sha256(f"{seed}:{row_id}".encode()).hexdigest()
+
+
+def _datasets(cfg: FinetuneConfig):
+    train, skipped = load_rows(
+        cfg.dataset, format=cfg.dataset_format, image_root=cfg.image_root, split=cfg.dataset_split
+    )
+    wanted = list(cfg.train_ids or [])
+    if cfg.train_ids_file:
+        try:
+            with open(cfg.train_ids_file, encoding="utf-8") as handle:
+                wanted += [line.strip() for line in handle if line.strip()]
+        except FileNotFoundError:
+            raise ConfigError(f"train_ids_file {cfg.train_ids_file}: no such file") from None
+    ids = column_list(train, "id")
+    if wanted:
+        position = {row_id: i for i, row_id in enumerate(ids)}
+        unknown = [row_id for row_id in wanted if row_id not in position]
+        if unknown:
+            raise DataError(
+                f"{len(unknown)} train id(s) are not usable rows of {cfg.dataset} (missing or with an error), "
+                f"e.g. {', '.join(unknown[:5])}"
+            )
+        train = train.select(sorted({position[row_id] for row_id in wanted}))
+        ids = column_list(train, "id")
+    eval_set = None
+    if cfg.eval_dataset:
+        eval_set, eval_skipped = load_rows(
+            cfg.eval_dataset, format=cfg.dataset_format, image_root=cfg.image_root, split=cfg.dataset_split
+        )
+        skipped = {k: skipped.get(k, 0) + eval_skipped.get(k, 0) for k in set(skipped) | set(eval_skipped)}
+    elif cfg.eval_fraction > 0:
+        # Hash-ordered split: the same rows are held out whatever the input order.
+        order = sorted(range(len(ids)), key=lambda i: _id_hash(ids[i], cfg.seed))
+        n_eval = max(1, int(round(cfg.eval_fraction * len(ids))))
+        if n_eval >= len(ids):
+            raise DataError(f"eval_fraction={cfg.eval_fraction} leaves no training rows of {len(ids)}")
+        held = set(order[:n_eval])
+        eval_set = train.select(sorted(held))
+        train = train.select([i for i in range(len(ids)) if i not in held])
+    if cfg.max_train_samples is not None and cfg.max_train_samples < len(train):
+        ids = column_list(train, "id")
+        order = sorted(range(len(ids)), key=lambda i: _id_hash(ids[i], cfg.seed))
+        train = train.select(sorted(order[: cfg.max_train_samples]))
+    return train, eval_set, skipped
+
+
+def _prepare_model(cfg: FinetuneConfig, model):
+    import torch
+
+    if cfg.freeze_vision_tower:
+        for name, param in model.named_parameters():
+            if any(marker in name for marker in VISION_MARKERS):
+                param.requires_grad_(False)
+    if cfg.use_lora:
+        from selector.errors import require
+
+        require("peft", "training", "LoRA fine-tuning")
+        from peft import LoraConfig, get_peft_model
+
+        wanted = set(cfg.lora_target_modules)
+        targets = [
+            name
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear)
+            and name.rsplit(".", 1)[-1] in wanted
+            and not (cfg.freeze_vision_tower and any(marker in name for marker in VISION_MARKERS))
+        ]
+        if not targets:
+            raise ConfigError(
+                f"lora_target_modules {sorted(wanted)} match no linear layer of {cfg.model_name_or_path}"
+            )
+        lora = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=targets,
+            # e.g. ["multi_modal_projector"]: trained fully and saved with the adapter.
+            modules_to_save=cfg.lora_modules_to_save,
+        )
+        model = get_peft_model(model, lora)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.use_lora:
+            model.enable_input_require_grads()
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_total = sum(p.numel() for p in model.parameters())
+    logger.info("trainable parameters: %d of %d (%.2f%%)", n_train, n_total, 100.0 * n_train / max(n_total, 1))
+    if n_train == 0:
+        raise ConfigError("no trainable parameters (check freeze_vision_tower / use_lora / lora_target_modules)")
+    return model
+
+
+def _epoch_order(active: list[int], seed: int, epoch: int, multiple: int) -> list[int]:
+    import numpy as np
+
+    rng = np.random.default_rng([seed, epoch])
+    order = [active[i] for i in rng.permutation(len(active))]
+    # Every process must take the same number of steps; pad by wrapping (the recorder keeps one record per id).
+    pad = (-len(order)) % multiple
+    return order + order[:pad]
+
+
+def _batches_per_epoch(n_active: int, cfg: FinetuneConfig, world: int) -> int:
+    per_step = cfg.per_device_train_batch_size * world
+    return math.ceil(n_active / per_step)
+
+
+def _find_checkpoint(output_dir: str, spec: str | None) -> str | None:
+    if not spec:
+        return None
+    if spec != "latest":
+        if not os.path.exists(os.path.join(spec, "trainer_state.json")):
+            raise ConfigError(f"resume_from_checkpoint {spec}: not a checkpoint folder (no trainer_state.json)")
+        return spec
+    found = []
+    for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
+        match = re.fullmatch(r"checkpoint-(\d+)", name)
+        if match and os.path.exists(os.path.join(output_dir, name, "trainer_state.json")):
+            found.append((int(match.group(1)), os.path.join(output_dir, name)))
+    if not found:
+        logger.info("resume_from_checkpoint=latest: no checkpoint in %s, starting from scratch", output_dir)
+        return None
+    return max(found)[1]
+
+
+def _to_device(batch: dict[str, Any], device, dtype=None) -> dict[str, Any]:
+    import torch
+
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device)
+            if dtype is not None and value.is_floating_point():
+                value = value.to(dtype)
+        out[key] = value
+    return out
+
+
+def _model_dtype(model):
+    for param in model.parameters():
+        if param.is_floating_point():
+            return param.dtype
+    return None
+
+
+def evaluate_loss(model, processor, dataset, cfg, accelerator) -> float:
+    """Token-weighted mean answer loss over ``dataset`` (all processes; each takes a shard)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    unwrapped = accelerator.unwrap_model(model)
+    indices = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
+    loader = DataLoader(
+        RowDataset(dataset, indices),
+        batch_size=cfg.per_device_eval_batch_size,
+        collate_fn=ChatCollator(processor, cfg.max_length),
+        num_workers=cfg.dataloader_num_workers,
+    )
+    total = torch.zeros(2, device=accelerator.device)
+    was_training = unwrapped.training
+    unwrapped.eval()
+    dtype = _model_dtype(unwrapped)
+    with torch.inference_mode(), accelerator.autocast():
+        for batch in loader:
+            batch = _to_device(batch, accelerator.device, dtype)
+            labels = batch.pop("labels")
+            batch.pop("index", None)
+            out = unwrapped(**batch)
+            stats = callbacks.token_statistics(out.logits, labels)
+            n = stats["per_example"]["n_tokens"].sum()
+            total += torch.stack([stats["loss"].float() * n, n.float()])
+    unwrapped.train(was_training)
+    total = accelerator.reduce(total, reduction="sum")
+    return float(total[0] / total[1]) if total[1] > 0 else float("nan")
+
+
+def _measure_curvature(model, processor, dataset, active, cfg, accelerator, recorder, epoch) -> None:
+    from torch.utils.data import DataLoader
+
+    unwrapped = accelerator.unwrap_model(model)
+    indices = active[accelerator.process_index :: accelerator.num_processes]
+    loader = DataLoader(
+        RowDataset(dataset, indices),
+        batch_size=cfg.per_device_eval_batch_size,
+        collate_fn=ChatCollator(processor, cfg.max_length),
+    )
+    dtype = _model_dtype(unwrapped)
+    for k, batch in enumerate(loader):
+        batch = _to_device(batch, accelerator.device, dtype)
+        with accelerator.autocast():
+            values = callbacks.curvature(
+                unwrapped, batch, h=cfg.curvature_h, n_probes=cfg.curvature_probes, seed=cfg.seed + 7919 * epoch + k
+            )
+        recorder.add_curvature(epoch, batch["index"].cpu().numpy(), values.float().numpy())
+    if accelerator.num_processes > 1:
+        # Curvature runs on uneven shards; share the records through the filesystem-free object gather.
+        from accelerate.utils import gather_object
+
+        mine = [(i, e, r.get("curvature")) for (i, e), r in recorder.records.items() if e == epoch]
+        for i, e, value in gather_object(mine):
+            if value is not None:
+                recorder.add_curvature(e, [i], [value])
+
+
+def _save_checkpoint(accelerator, cfg, state: dict, recorder) -> str:
+    path = os.path.join(cfg.output_dir, f"checkpoint-{state['global_step']}")
+    accelerator.save_state(path)
+    if accelerator.is_main_process:
+        if recorder is not None:
+            recorder.save(os.path.join(path, "dynamics.parquet"))
+        write_json(os.path.join(path, "trainer_state.json"), state)
+        if cfg.save_total_limit:
+            found = sorted(
+                (int(m.group(1)), name)
+                for name in os.listdir(cfg.output_dir)
+                if (m := re.fullmatch(r"checkpoint-(\d+)", name))
+            )
+            for _, name in found[: -cfg.save_total_limit]:
+                shutil.rmtree(os.path.join(cfg.output_dir, name), ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def train(config: FinetuneConfig | dict | str | None = None, **overrides) -> dict[str, Any]:
+    """Fine-tune a model as ``config`` says and return what happened.
+
+    Args:
+        config: a :class:`FinetuneConfig`, a dict of its fields, a YAML path or a shipped config's name
+            (:func:`selector.training.config.find_config`); ``overrides`` win over it.
+
+    Returns:
+        ``{"output_dir", "model_dir" (None when save_model is false), "global_step", "epochs_completed",
+        "resumed_from_step", "train_loss" (mean over the run's optimizer steps), "loss_history" (per optimizer
+        step), "eval_loss" (NaN without an eval set), "n_train", "n_eval", "skipped_rows" ({error kind: count}),
+        "dynamics_path" (None when dynamics is off), "active_ids" (the final active set), "train_runtime_s"}``.
+
+    Raises:
+        ConfigError, DataError: bad options or unusable data, with a one-line reason.
+    """
+    import numpy as np
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    if isinstance(config, (str, os.PathLike)):
+        config = find_config(config)
+    cfg = resolve_config(FinetuneConfig, config, **overrides)
+    validate(cfg)
+    started = time.perf_counter()
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # A text-only batch leaves the vision tower and projector without gradients; DDP must tolerate that.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.ddp_find_unused_parameters)
+    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision), kwargs_handlers=[ddp])
+    set_seed(cfg.seed)
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    if accelerator.is_main_process:
+        write_config(cfg, os.path.join(cfg.output_dir, "finetune_config.yaml"))
+
+    train, eval_set, skipped = _datasets(cfg)
+    ids = column_list(train, "id")
+    model, processor = load_model_and_processor(
+        cfg.model_name_or_path,
+        revision=cfg.revision,
+        dtype=cfg.torch_dtype,
+        attn_implementation=cfg.attn_implementation,
+        trust_remote_code=cfg.trust_remote_code,
+    )
+    model = _prepare_model(cfg, model)
+    model.train()
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+    )
+    world = accelerator.num_processes
+    n_after_prune = len(ids) - int(round(cfg.prune_fraction * len(ids)))
+    per_epoch_batches = [
+        _batches_per_epoch(len(ids) if e == 0 else n_after_prune, cfg, world)
+        for e in range(cfg.num_train_epochs if cfg.max_steps <= 0 else 0)
+    ]
+    epoch_steps = [math.ceil(b / cfg.gradient_accumulation_steps) for b in per_epoch_batches]
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else sum(epoch_steps)
+    scheduler = get_scheduler(
+        cfg.lr_scheduler_type,
+        optimizer=optimizer,
+        num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    unwrapped = accelerator.unwrap_model(model)
+    dtype = _model_dtype(unwrapped)
+
+    recorder = callbacks.DynamicsRecorder(ids) if cfg.dynamics else None
+    state: dict[str, Any] = {
+        "global_step": 0,
+        "epoch": 0,
+        "batches_done": 0,
+        "active": list(range(len(ids))),
+        "pool": [],
+        "loss_history": [],
+        "ids_fingerprint": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+    }
+    checkpoint = _find_checkpoint(cfg.output_dir, cfg.resume_from_checkpoint)
+    resumed_from = None
+    if checkpoint is not None:
+        saved = read_json(os.path.join(checkpoint, "trainer_state.json"))
+        # strict JSON stores a NaN step loss as null
+        saved["loss_history"] = [float("nan") if v is None else v for v in saved.get("loss_history", [])]
+        if saved.get("ids_fingerprint") != state["ids_fingerprint"]:
+            raise ConfigError(f"checkpoint {checkpoint} was trained on different rows than {cfg.dataset}")
+        accelerator.load_state(checkpoint)
+        state.update(saved)
+        resumed_from = state["global_step"]
+        if recorder is not None and os.path.exists(os.path.join(checkpoint, "dynamics.parquet")):
+            recorder.load(os.path.join(checkpoint, "dynamics.parquet"))
+        logger.info("resumed from %s at step %d (epoch %d)", checkpoint, state["global_step"], state["epoch"])
+
+    collator = ChatCollator(processor, cfg.max_length)
+    # Follow transformers' global progress-bar switch, so a caller that silences library bars (vlselect labels
+    # --quiet) silences this one too.
+    from transformers.utils import logging as hf_logging
+
+    progress = tqdm(
+        total=total_steps,
+        initial=state["global_step"],
+        desc="finetune",
+        disable=not accelerator.is_local_main_process or not hf_logging.is_progress_bar_enabled(),
+    )
+    lm_inputs = callbacks.LMHeadInputs(unwrapped) if (cfg.dynamics and cfg.dynamics_grad_norm) else None
+    window: list[float] = []
+    done = state["global_step"] >= total_steps
+    # max_steps, when set, overrides num_train_epochs (as in transformers.Trainer).
+    n_epochs = cfg.num_train_epochs if cfg.max_steps <= 0 else math.inf
+    while not done and state["epoch"] < n_epochs:
+        epoch = state["epoch"]
+        order = _epoch_order(state["active"], cfg.seed, epoch, cfg.per_device_train_batch_size * world)
+        shard = order[accelerator.process_index :: world]
+        start = state["batches_done"] * cfg.per_device_train_batch_size
+        loader = DataLoader(
+            RowDataset(train, shard[start:]),
+            batch_size=cfg.per_device_train_batch_size,
+            collate_fn=collator,
+            num_workers=cfg.dataloader_num_workers,
+        )
+        n_batches = math.ceil(len(shard) / cfg.per_device_train_batch_size)
+        step_losses: list[float] = []
+        for batch in loader:
+            k = state["batches_done"]
+            group_start = (k // cfg.gradient_accumulation_steps) * cfg.gradient_accumulation_steps
+            group_size = min(cfg.gradient_accumulation_steps, n_batches - group_start)
+            sync = k + 1 == group_start + group_size
+            batch = _to_device(batch, accelerator.device, dtype)
+            labels = batch.pop("labels")
+            index = batch.pop("index")
+            context = accelerator.no_sync(model) if not sync else nullcontext()
+            with context:
+                if lm_inputs is not None:
+                    with lm_inputs:
+                        out = model(**batch)
+                        hidden = lm_inputs.value
+                        stats = callbacks.token_statistics(out.logits, labels, hidden)
+                else:
+                    out = model(**batch)
+                    stats = callbacks.token_statistics(out.logits, labels)
+                accelerator.backward(stats["loss"] / group_size)
+            step_losses.append(float(stats["loss"].detach()))
+            if recorder is not None:
+                per = stats["per_example"]
+                gathered = (
+                    accelerator.gather(
+                        torch.stack(
+                            [index.float()]
+                            + [per[n].float() for n in ("loss", "correct", "el2n", "grad_norm", "n_tokens")],
+                            1,
+                        )
+                    )
+                    .cpu()
+                    .numpy()
+                )
+                names = ("loss", "correct", "el2n", "grad_norm", "n_tokens")
+                recorder.add(
+                    epoch,
+                    state["global_step"] + 1,
+                    gathered[:, 0].astype(np.int64),
+                    {n: gathered[:, j + 1] for j, n in enumerate(names)},
+                )
+            state["batches_done"] = k + 1
+            if not sync:
+                continue
+            if cfg.max_grad_norm and cfg.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = float(
+                accelerator.reduce(torch.tensor(np.mean(step_losses), device=accelerator.device), "mean")
+            )
+            step_losses = []
+            state["global_step"] += 1
+            state["loss_history"].append(step_loss)
+            window.append(step_loss)
+            progress.update(1)
+            if cfg.logging_steps and state["global_step"] % cfg.logging_steps == 0:
+                logger.info(
+                    "step %d epoch %d loss %.4f lr %.3g",
+                    state["global_step"],
+                    epoch,
+                    float(np.mean(window)),
+                    scheduler.get_last_lr()[0],
+                )
+                window = []
+            if state["global_step"] >= total_steps:
+                done = True
+            if cfg.save_steps and state["global_step"] % cfg.save_steps == 0:
+                _save_checkpoint(accelerator, cfg, state, recorder)
+            if done:
+                break
+        epoch_finished = state["batches_done"] >= n_batches
+        if not epoch_finished:
+            break
+        if recorder is not None and cfg.dynamics_curvature:
+            _measure_curvature(model, processor, train, state["active"], cfg, accelerator, recorder, epoch)
+        if cfg.prune_fraction > 0 and not done and epoch + 1 < n_epochs:
+            state["active"], state["pool"], dropped, restored = callbacks.prune_step(
+                state["active"], state["pool"], recorder, cfg.prune_fraction
+            )
+            logger.info(
+                "epoch %d: pruned %d unforgettable example(s), restored %d; %d active, %d in the pool",
+                epoch,
+                len(dropped),
+                len(restored),
+                len(state["active"]),
+                len(state["pool"]),
+            )
+        state["epoch"] = epoch + 1
+        state["batches_done"] = 0
+    progress.close()
+    accelerator.wait_for_everyone()
+
+    eval_loss = float("nan")
+    if eval_set is not None:
+        eval_loss = evaluate_loss(model, processor, eval_set, cfg, accelerator)
+        logger.info("eval loss %.4f on %d rows", eval_loss, len(eval_set))
+    dynamics_path = None
+    model_dir = None
+    if accelerator.is_main_process:
+        if recorder is not None:
+            dynamics_path = os.path.join(cfg.output_dir, "dynamics.parquet")
+            recorder.save(dynamics_path)
+        if cfg.save_model:
+            model_dir = cfg.output_dir
+            to_save = accelerator.unwrap_model(model)
+            if cfg.use_lora and cfg.merge_lora:
+                to_save = to_save.merge_and_unload()
+            to_save.save_pretrained(
+                model_dir, state_dict=accelerator.get_state_dict(model) if not cfg.use_lora else None
+            )
+            processor.save_pretrained(model_dir)
+    accelerator.wait_for_everyone()
+    history = state["loss_history"]
+    result = {
+        "output_dir": cfg.output_dir,
+        "model_dir": model_dir if cfg.save_model else None,
+        "global_step": state["global_step"],
+        "epochs_completed": state["epoch"],
+        "resumed_from_step": resumed_from,
+        "train_loss": float(np.mean(history)) if history else float("nan"),
+        "loss_history": history,
+        "eval_loss": eval_loss,
+        "n_train": len(ids),
+        "n_eval": 0 if eval_set is None else len(eval_set),
+        "skipped_rows": skipped,
+        "dynamics_path": dynamics_path if cfg.dynamics else None,
+        "active_ids": [ids[i] for i in state["active"]],
+        "train_runtime_s": time.perf_counter() - started,
+    }
+    if accelerator.is_main_process:
+        write_json(
+            os.path.join(cfg.output_dir, "train_results.json"), {k: v for k, v in result.items() if k != "active_ids"}
+        )
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``--config`` (YAML path or shipped name) + ``--<option> value`` flags; exit 2 on bad input."""
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    logging.basicConfig(
+        level=logging.INFO if main_process else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from selector.errors import VLSelectError
+
+    try:
+        cfg = parse_args(FinetuneConfig, argv)
+        result = train(cfg)
+    except VLSelectError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if main_process:
+        print(json.dumps({k: v for k, v in result.items() if k not in ("loss_history", "active_ids")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["FinetuneConfig", "evaluate_loss", "main", "train", "validate"]

@@ -14,6 +14,7 @@ import numpy as np
 
 from metrics.base import (
     ModelMetric,
+    Requirement,
     batch_texts,
     clip_text_features,
     encode_images,
@@ -23,7 +24,6 @@ from metrics.base import (
     load_images,
     nan_array,
     pooled,
-    require_package,
     split_sentences,
     token_limit,
 )
@@ -68,6 +68,10 @@ class ClipScore(ModelMetric):
     """
 
     higher_is_better: ClassVar[bool] = True
+    requires: ClassVar[tuple[Requirement, ...]] = (
+        Requirement("torch", "the clip metric"),
+        Requirement("transformers", "the clip metric"),
+    )
 
     def __init__(
         self,
@@ -81,8 +85,6 @@ class ClipScore(ModelMetric):
         aggregate: str = "mean",
         split_sentences: bool = True,
     ):
-        require_package("torch", "torch", "the clip metric")
-        require_package("transformers", "transformers", "the clip metric")
         self.name = name
         self.model_name_or_path = model_name_or_path
         self.revision = revision

@@ -4,28 +4,44 @@ Two backends behind one ``backend`` parameter: ``openai`` (any OpenAI-compatible
 vLLM, llama.cpp's server, TGI) and ``hf`` (a local ``transformers`` causal LM with its chat template, GGUF
 checkpoints through ``gguf_file``). Prompts are versioned files in ``metrics/prompts/`` (see
 :mod:`metrics.judge_prompts`); answers are parsed strictly and cached by (prompt version, model, row content
-hash) in a SQLite file, so a re-run sends no requests.
+hash) in a SQLite file (:mod:`metrics.judge_cache`), so a re-run sends no requests.
+
+The judge's configuration keys are flat (``{metric: judge, backend: openai, base_url: ..., timeout: 30}``): the
+judge's own options are constructor arguments, and every other key is an option of a backend, routed to that
+backend's options object (:class:`~metrics.judge_backends.OpenAIOptions`,
+:class:`~metrics.judge_backends.HFOptions`), where its default, meaning and checks are defined once.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
-import json
 import logging
-import math
 import os
-import sqlite3
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from metrics.base import ModelMetric, batch_texts, error_mask, nan_array
-from metrics.judge_backends import HFBackend, JudgeAnswer, JudgeRequest, OpenAIBackend
-from selector.errors import ConfigError, require
+from metrics.base import ModelMetric, Requirement, batch_texts, error_mask, nan_array
+from metrics.judge_backends import (
+    HFBackend,
+    HFOptions,
+    JudgeAnswer,
+    JudgeRequest,
+    OpenAIBackend,
+    OpenAIOptions,
+    _non_negative,
+    changed_options,
+    split_options,
+)
+from metrics.judge_cache import AnswerCache, cache_file, cache_key
+from metrics.judge_cache import row_hash as content_hash
+from selector.errors import ConfigError
+
+__all__ = ["AnswerCache", "BACKENDS", "DEFAULT_MODELS", "Judge"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,35 +88,18 @@ class Judge(ModelMetric):
         model: API model name (``openai``) or Hub id / folder (``hf``); None picks :data:`DEFAULT_MODELS`.
         prompt: ``"instructiongpt4"`` (0-100), ``"rubric5"`` (1-5), a pinned version (``"rubric5@v1"``) or
             a YAML file path (see :mod:`metrics.judge_prompts`).
-        base_url: OpenAI-compatible base URL (``.../v1``); requests go to ``{base_url}/chat/completions``.
-        api_key_env: name of the environment variable holding the API key (the key itself is never stored);
-            unset variable = no ``Authorization`` header (local servers).
-        max_concurrency: requests in flight at once per process.
-        timeout: seconds per HTTP request (connect, read, write, pool).
-        max_retries: retries per row after a timeout, connection error, malformed body, HTTP 408/409/425/429
-            or 5xx; then the row is NaN. HTTP 401/403/404 stop the run with a :class:`ConfigError`.
-        backoff, max_backoff: wait ``min(max_backoff, backoff * 2**k)`` seconds before retry ``k + 1``
-            (``Retry-After`` wins when the server sends it, capped the same way).
-        temperature: sampling temperature sent to the endpoint (the ``hf`` backend always decodes greedily).
         max_tokens: most tokens the judge may write per answer.
-        send_image: send the row's images to a vision-capable endpoint (``openai`` only); otherwise the prompt
-            tells the judge that the image is not shown.
-        extra_body: extra JSON fields merged into each request (``{"seed": 0}``, ``{"top_k": 1}``); a field set
-            to None is removed (``{"max_tokens": None, "max_completion_tokens": 256}`` for endpoints that refuse
-            ``max_tokens``).
-        revision: Hub revision of ``model`` (``hf``).
-        gguf_file: GGUF file name inside ``model`` (``hf``; needs the ``gguf`` package).
-        device, dtype: where and in which precision the ``hf`` model runs (see :func:`metrics.base.resolve_device`).
-        batch_size: rows per ``generate`` call (``hf``).
-        prefill: start the assistant turn with the prompt's ``answer_prefix`` (``hf``); recommended for small
-            local models, which otherwise often answer outside the expected form.
-        expected_score: add the ``_expected`` and ``_rating_mass`` columns (``hf`` only; every rating of the
-            scale must be a single token, so ``rubric5`` with most tokenizers).
         cache: reuse and store answers in the SQLite cache.
         cache_dir: cache folder; default ``$VLSELECT_CACHE`` or ``$XDG_CACHE_HOME/vlselect`` or
             ``~/.cache/vlselect``, file ``judge/answers.sqlite``.
         price_input_per_mtok, price_output_per_mtok: price per million prompt / completion tokens, for the
             cost estimate (:meth:`estimate`); None = cost not estimated.
+        **options: the backend's options, flat: for ``openai`` (:class:`~metrics.judge_backends.OpenAIOptions`)
+            ``base_url``, ``api_key_env``, ``max_concurrency``, ``timeout``, ``max_retries``, ``backoff``,
+            ``max_backoff``, ``temperature``, ``send_image``, ``extra_body``; for ``hf``
+            (:class:`~metrics.judge_backends.HFOptions`) ``revision``, ``gguf_file``, ``device``, ``dtype``,
+            ``batch_size``, ``prefill``, ``expected_score``. An option of the other backend is ignored with a
+            warning, except ``send_image``, ``prefill`` and ``expected_score``, which are errors there.
 
     Example:
         >>> judge = Judge(backend="openai", base_url="http://127.0.0.1:8000/v1", model="qwen2-vl-7b",
@@ -111,6 +110,15 @@ class Judge(ModelMetric):
     """
 
     higher_is_better: ClassVar[bool] = True
+    requires: ClassVar[tuple[Requirement, ...]] = (
+        Requirement("httpx", "the openai judge backend", extra="judge", when=lambda args: args["backend"] == "openai"),
+        Requirement(
+            "gguf",
+            "GGUF judge models",
+            extra="judge",
+            when=lambda args: args["backend"] == "hf" and bool(args.get("gguf_file")),
+        ),
+    )
 
     def __init__(
         self,
@@ -118,73 +126,77 @@ class Judge(ModelMetric):
         backend: str = "openai",
         model: str | None = None,
         prompt: str = "instructiongpt4",
-        base_url: str = "https://api.openai.com/v1",
-        api_key_env: str | None = "OPENAI_API_KEY",
-        max_concurrency: int = 8,
-        timeout: float = 60.0,
-        max_retries: int = 3,
-        backoff: float = 1.0,
-        max_backoff: float = 30.0,
-        temperature: float = 0.0,
         max_tokens: int = 256,
-        send_image: bool = False,
-        extra_body: dict | None = None,
-        revision: str | None = None,
-        gguf_file: str | None = None,
-        device: str | None = None,
-        dtype: str = "auto",
-        batch_size: int = 8,
-        prefill: bool = False,
-        expected_score: bool = False,
         cache: bool = True,
         cache_dir: str | None = None,
         price_input_per_mtok: float | None = None,
         price_output_per_mtok: float | None = None,
+        **options: Any,
     ):
-        if backend == "openai":
-            require("httpx", "judge", "the openai judge backend")
-        if backend == "hf" and gguf_file:
-            require("gguf", "judge", "GGUF judge models")
         self.name = name
         self.backend = backend
         self.model = model
         self.prompt = prompt
-        self.base_url = base_url
-        self.api_key_env = api_key_env
-        self.max_concurrency = max_concurrency
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.temperature = temperature
         self.max_tokens = max_tokens
-        self.send_image = send_image
-        self.extra_body = extra_body
-        self.revision = revision
-        self.gguf_file = gguf_file
-        self.device = device
-        self.dtype = dtype
-        self.batch_size = batch_size
-        self.prefill = prefill
-        self.expected_score = expected_score
         self.cache = cache
         self.cache_dir = cache_dir
         self.price_input_per_mtok = price_input_per_mtok
         self.price_output_per_mtok = price_output_per_mtok
+        routed = split_options(options)
+        self.openai_options: OpenAIOptions = routed["openai"]
+        self.hf_options: HFOptions = routed["hf"]
 
-    # ------------------------------------------------------------------ configuration
+    def get_params(self) -> dict[str, Any]:
+        """The flat configuration: the judge's arguments, every option of its backend, and the options of the
+        other backend that differ from their defaults (so ``Judge(**judge.get_params()) == judge``)."""
+        own = super().get_params()
+        active, other = self._options_pair()
+        flat = {**asdict(active), **changed_options(other)}
+        head = {k: own.pop(k) for k in ("name", "backend", "model", "prompt")}
+        return {**head, **flat, **own}
+
+    def _options_pair(self) -> tuple[Any, Any]:
+        """(the options of this judge's backend, the options of the other one); openai first when unknown."""
+        if self.backend == "hf":
+            return self.hf_options, self.openai_options
+        return self.openai_options, self.hf_options
 
     @property
     def model_name_or_path(self) -> str:
         """The model actually used: ``model``, or the backend's default."""
         return self.model or DEFAULT_MODELS.get(self.backend, "")
 
+    # ModelMetric loads on ``device`` in ``dtype`` and records ``revision``: for the judge they are hf options.
+    @property
+    def revision(self) -> str | None:
+        return self.hf_options.revision
+
+    @property
+    def device(self) -> str | None:
+        return self.hf_options.device
+
+    @property
+    def dtype(self) -> str:
+        return self.hf_options.dtype
+
+    @property
+    def batch_size(self) -> int:
+        return self.hf_options.batch_size
+
+    @property
+    def _send_image(self) -> bool:
+        return bool(self.openai_options.send_image)
+
+    @property
+    def _expected_score(self) -> bool:
+        return bool(self.hf_options.expected_score)
+
     def required_columns(self) -> list[str]:
-        return ["id", "messages", "error"] + (["image", "images"] if self.send_image else [])
+        return ["id", "messages", "error"] + (["image", "images"] if self._send_image else [])
 
     def output_columns(self) -> list[str]:
         cols = [self.column()]
-        if self.expected_score:
+        if self._expected_score:
             cols += [self.column("expected"), self.column("rating_mass")]
         return cols
 
@@ -199,31 +211,23 @@ class Judge(ModelMetric):
             return
         if self.backend not in BACKENDS:
             raise ConfigError(f"judge backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        checks = [
-            (isinstance(self.max_concurrency, int) and self.max_concurrency >= 1, "max_concurrency must be >= 1"),
-            (isinstance(self.max_retries, int) and self.max_retries >= 0, "max_retries must be >= 0"),
-            (_positive(self.timeout), "timeout must be a positive number of seconds"),
-            (_non_negative(self.backoff) and _non_negative(self.max_backoff), "backoff values must be >= 0"),
-            (isinstance(self.max_tokens, int) and self.max_tokens >= 1, "max_tokens must be >= 1"),
-            (isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.extra_body is None or isinstance(self.extra_body, dict), "extra_body must be a mapping"),
-            (self.api_key_env is None or isinstance(self.api_key_env, str), "api_key_env must be a variable name"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(f"judge: {message}")
-        if self.backend == "openai":
-            if not isinstance(self.base_url, str) or not self.base_url.startswith(("http://", "https://")):
-                raise ConfigError(f"judge: base_url must start with http:// or https://, got {self.base_url!r}")
-            if self.expected_score:
-                raise ConfigError("judge: expected_score needs token probabilities, only the hf backend has them")
-            if self.prefill:
-                raise ConfigError("judge: prefill is only supported by the hf backend")
-        if self.backend == "hf" and self.send_image:
-            raise ConfigError("judge: the hf backend is a text-only causal LM; send_image needs backend='openai'")
+        if not (isinstance(self.max_tokens, int) and not isinstance(self.max_tokens, bool) and self.max_tokens >= 1):
+            raise ConfigError("judge: max_tokens must be >= 1")
         for price in (self.price_input_per_mtok, self.price_output_per_mtok):
             if price is not None and not _non_negative(price):
                 raise ConfigError("judge: prices must be >= 0")
+        active, other = self._options_pair()
+        active.validate()
+        for key in changed_options(other):
+            if key in other.exclusive:
+                raise ConfigError(f"judge: {other.exclusive[key]}")
+            logger.warning(
+                "judge %r: %s is an option of the %s backend; ignored with backend=%r",
+                self.name,
+                key,
+                other.backend,
+                self.backend,
+            )
         self._prompt_obj = _load_prompt(self.prompt)
         self._validated = True
 
@@ -232,18 +236,14 @@ class Judge(ModelMetric):
         self._validate()
         return self._prompt_obj
 
-    # ------------------------------------------------------------------ backends
-
     def _load(self, device: str, torch_dtype) -> None:
         prompt = self._prompt
         backend = HFBackend(
             model=self.model_name_or_path,
-            revision=self.revision,
-            gguf_file=self.gguf_file,
-            batch_size=self.batch_size,
+            options=self.hf_options,
             max_new_tokens=self.max_tokens,
-            prefill=prompt.answer_prefix if self.prefill else "",
-            rating_values=prompt.rating_values() if self.expected_score else None,
+            prefill=prompt.answer_prefix if self.hf_options.prefill else "",
+            rating_values=prompt.rating_values() if self._expected_score else None,
             locate=_score_locator(prompt),
         )
         backend.load(device, torch_dtype)
@@ -256,17 +256,7 @@ class Judge(ModelMetric):
             return self._backend
         if getattr(self, "_backend", None) is None or getattr(self, "_backend_pid", None) != os.getpid():
             self._backend = OpenAIBackend(
-                base_url=self.base_url,
-                model=self.model_name_or_path,
-                api_key_env=self.api_key_env,
-                max_concurrency=self.max_concurrency,
-                timeout=float(self.timeout),
-                max_retries=self.max_retries,
-                backoff=float(self.backoff),
-                max_backoff=float(self.max_backoff),
-                temperature=float(self.temperature),
-                max_tokens=self.max_tokens,
-                extra_body=self.extra_body,
+                model=self.model_name_or_path, options=self.openai_options, max_tokens=self.max_tokens
             )
             self._backend_pid = os.getpid()
         return self._backend
@@ -282,14 +272,9 @@ class Judge(ModelMetric):
             cache.close()
             self._cache_obj = None
 
-    # ------------------------------------------------------------------ cache
-
     def cache_path(self) -> Path:
         """Where answers are cached (a SQLite file shared by every judge configuration)."""
-        root = self.cache_dir or os.environ.get("VLSELECT_CACHE")
-        if not root:
-            root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vlselect")
-        return Path(root) / "judge" / "answers.sqlite"
+        return cache_file(self.cache_dir)
 
     def _get_cache(self) -> AnswerCache | None:
         if not self.cache:
@@ -301,31 +286,12 @@ class Judge(ModelMetric):
         return cache
 
     def _model_identity(self) -> str:
-        if self.backend == "openai":
-            return self.model_name_or_path
-        parts = [self.model_name_or_path, self.revision or "", self.gguf_file or ""]
-        return "|".join(parts)
+        return self._options_pair()[0].model_identity(self.model_name_or_path)
 
-    def _settings(self) -> dict[str, Any]:
-        # Everything besides prompt, model and row content that changes what the judge writes.
-        if self.backend == "openai":
-            return {
-                "backend": "openai",
-                "temperature": float(self.temperature),
-                "max_tokens": self.max_tokens,
-                "extra_body": self.extra_body or {},
-                "send_image": bool(self.send_image),
-            }
-        return {"backend": "hf", "max_tokens": self.max_tokens, "prefill": bool(self.prefill), "dtype": self.dtype}
-
-    def _cache_key(self, row_hash: str) -> str:
+    def _cache_key(self, row: str) -> str:
         prompt = self._prompt
-        blob = json.dumps(
-            [prompt.key, prompt.sha256, self._model_identity(), self._settings(), row_hash], sort_keys=True
-        )
-        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-    # ------------------------------------------------------------------ scoring
+        settings = self._options_pair()[0].cache_settings(self.max_tokens)
+        return cache_key(prompt.key, prompt.sha256, self._model_identity(), settings, row)
 
     def _stats(self) -> dict[str, float]:
         stats = getattr(self, "_stats_obj", None)
@@ -345,7 +311,7 @@ class Judge(ModelMetric):
         instructions = batch_texts(batch, "instruction")
         responses = batch_texts(batch, "response")
         bad = error_mask(batch)
-        images = _batch_images(batch) if self.send_image else [[] for _ in range(n)]
+        images = _batch_images(batch) if self._send_image else [[] for _ in range(n)]
         out: list[tuple[int, str, JudgeRequest, str] | None] = []
         for i in range(n):
             if bad[i] or instructions[i] is None or responses[i] is None:
@@ -359,9 +325,9 @@ class Judge(ModelMetric):
                     continue
             instruction = instructions[i] or EMPTY_INSTRUCTION
             messages = prompt.render(instruction, responses[i], image_attached=bool(urls))
-            row_hash = _row_hash(instruction, responses[i], urls)
+            content = content_hash(instruction, responses[i], urls)
             request = JudgeRequest(str(batch["id"][i]), messages, urls)
-            out.append((i, self._cache_key(row_hash), request, row_hash))
+            out.append((i, self._cache_key(content), request, content))
         return out
 
     def _image_urls(self, images: list, row_id: object) -> list[str] | None:
@@ -393,7 +359,7 @@ class Judge(ModelMetric):
         missing = []
         for i, key, request, row_hash in todo:
             hit = cached.get(key)
-            if hit is not None and (not self.expected_score or hit.rating_probs is not None):
+            if hit is not None and (not self._expected_score or hit.rating_probs is not None):
                 answers[i] = hit
                 stats["cache_hits"] += 1
             else:
@@ -443,19 +409,17 @@ class Judge(ModelMetric):
                     answer.text[:300],
                 )
             scores[i] = score
-            if self.expected_score and answer.rating_probs is not None:
+            if self._expected_score and answer.rating_probs is not None:
                 p = np.asarray(answer.rating_probs, dtype=np.float64)
                 total = float(p.sum())
                 mass[i] = total
                 if total > 0:
                     expected[i] = float((p * values).sum() / total)
         out = {self.column(): scores}
-        if self.expected_score:
+        if self._expected_score:
             out[self.column("expected")] = expected
             out[self.column("rating_mass")] = mass
         return out
-
-    # ------------------------------------------------------------------ estimate
 
     def release(self) -> None:
         """Free the model, HTTP client and cache connection; keep this process's counters for :meth:`estimate`."""
@@ -503,7 +467,7 @@ class Judge(ModelMetric):
             hits = cache.get_many([item[1] for item in todo]) if cache is not None and todo else {}
             for _, key, request, _ in todo:
                 hit = hits.get(key)
-                if hit is not None and (not self.expected_score or hit.rating_probs is not None):
+                if hit is not None and (not self._expected_score or hit.rating_probs is not None):
                     cached += 1
                     if hit.prompt_tokens is not None and hit.completion_tokens is not None:
                         known += 1
@@ -577,64 +541,6 @@ class Judge(ModelMetric):
         return "\n".join(lines)
 
 
-class AnswerCache:
-    """Judge answers in SQLite, keyed by a hash of (prompt version and text, model, settings, row content).
-
-    One file serves every configuration; WAL mode lets several scoring processes read and write it at once.
-    Failed requests are not stored (a re-run retries them); answers that did not parse are (the judge said it;
-    the parser runs again on every read, so a fixed pattern applies without new requests).
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.pid = os.getpid()
-        self._conn = None
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), timeout=60.0)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, prompt TEXT, model TEXT, row_hash TEXT,"
-                " answer TEXT, created REAL)"
-            )
-            conn.commit()
-            self._conn = conn
-        return self._conn
-
-    def get_many(self, keys: list[str]) -> dict[str, JudgeAnswer]:
-        conn = self._connect()
-        found: dict[str, JudgeAnswer] = {}
-        # SQLite caps bound parameters per statement; 500 stays below every build's limit.
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for key, answer in conn.execute(f"SELECT key, answer FROM answers WHERE key IN ({marks})", chunk):
-                found[key] = JudgeAnswer.from_cache(json.loads(answer))
-        return found
-
-    def put_many(self, entries: list[tuple[str, str, str, str, JudgeAnswer]]) -> None:
-        conn = self._connect()
-        now = time.time()
-        with conn:
-            conn.executemany(
-                "INSERT OR REPLACE INTO answers (key, prompt, model, row_hash, answer, created) VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (key, prompt, model, row_hash, json.dumps(a.to_cache()), now)
-                    for key, prompt, model, row_hash, a in entries
-                ],
-            )
-
-    def __len__(self) -> int:
-        return self._connect().execute("SELECT COUNT(*) FROM answers").fetchone()[0]
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-
 def _load_prompt(spec: str):
     from metrics.judge_prompts import load_prompt
 
@@ -647,18 +553,6 @@ def _score_locator(prompt):
         return None if match is None else match.start("score")
 
     return locate
-
-
-def _row_hash(instruction: str, response: str, image_urls: list[str]) -> str:
-    blob = json.dumps(
-        {
-            "instruction": instruction,
-            "response": response,
-            "images": [hashlib.sha256(u.encode("ascii")).hexdigest() for u in image_urls],
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 def _text_tokens(messages: list[dict[str, str]]) -> float:
@@ -685,11 +579,3 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
-
-
-def _positive(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-
-
-def _non_negative(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0

@@ -1,7 +1,12 @@
 """Backends of the LLM judge: an OpenAI-compatible chat endpoint (``openai``) and a local causal LM (``hf``).
 
-Both take a list of :class:`JudgeRequest` and return one :class:`JudgeAnswer` per request, in order. A request
-that fails for good (after the bounded retries) comes back with ``text=None`` and an ``error``; it never
+Each backend has an options dataclass (:class:`OpenAIOptions`, :class:`HFOptions`): its fields are the flat
+keys of the judge's configuration (``{metric: judge, backend: openai, base_url: ..., timeout: 30}``), with their
+defaults, their checks and the settings that enter the answer cache key. The judge routes its flat keyword
+arguments to these objects (:func:`split_options`) and hands the backend its options object.
+
+Both backends take a list of :class:`JudgeRequest` and return one :class:`JudgeAnswer` per request, in order. A
+request that fails for good (after the bounded retries) comes back with ``text=None`` and an ``error``; it never
 raises, so one bad row cannot stop a batch. Only mistakes that would fail every row (a refused API key, an
 unknown model or endpoint) raise :class:`~selector.errors.ConfigError`.
 
@@ -17,8 +22,9 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
 
 from selector.errors import ConfigError
 
@@ -82,6 +88,153 @@ class JudgeAnswer:
         )
 
 
+@dataclass
+class OpenAIOptions:
+    """Options of the ``openai`` backend (flat keys of the judge's configuration).
+
+    Attributes:
+        base_url: OpenAI-compatible base URL (``.../v1``); requests go to ``{base_url}/chat/completions``.
+        api_key_env: name of the environment variable holding the API key (the key itself is never stored);
+            unset variable = no ``Authorization`` header (local servers).
+        max_concurrency: requests in flight at once per process.
+        timeout: seconds per HTTP request (connect, read, write, pool).
+        max_retries: retries per row after a timeout, connection error, malformed body, HTTP 408/409/425/429
+            or 5xx; then the row is NaN. HTTP 401/403/404 stop the run with a :class:`ConfigError`.
+        backoff, max_backoff: wait ``min(max_backoff, backoff * 2**k)`` seconds before retry ``k + 1``
+            (``Retry-After`` wins when the server sends it, capped the same way).
+        temperature: sampling temperature sent to the endpoint.
+        send_image: send the row's images to a vision-capable endpoint; otherwise the prompt tells the judge
+            that the image is not shown.
+        extra_body: extra JSON fields merged into each request (``{"seed": 0}``, ``{"top_k": 1}``); a field set
+            to None is removed (``{"max_tokens": None, "max_completion_tokens": 256}`` for endpoints that refuse
+            ``max_tokens``).
+    """
+
+    backend: ClassVar[str] = "openai"
+    #: Options that change what a judge computes: set with another backend, they are an error, not ignored.
+    exclusive: ClassVar[dict[str, str]] = {
+        "send_image": "the hf backend is a text-only causal LM; send_image needs backend='openai'",
+    }
+
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str | None = "OPENAI_API_KEY"
+    max_concurrency: int = 8
+    timeout: float = 60.0
+    max_retries: int = 3
+    backoff: float = 1.0
+    max_backoff: float = 30.0
+    temperature: float = 0.0
+    send_image: bool = False
+    extra_body: dict | None = None
+
+    def validate(self) -> None:
+        """Raise a one-line :class:`ConfigError` for an impossible value."""
+        checks = [
+            (isinstance(self.max_concurrency, int) and self.max_concurrency >= 1, "max_concurrency must be >= 1"),
+            (isinstance(self.max_retries, int) and self.max_retries >= 0, "max_retries must be >= 0"),
+            (_positive(self.timeout), "timeout must be a positive number of seconds"),
+            (_non_negative(self.backoff) and _non_negative(self.max_backoff), "backoff values must be >= 0"),
+            (self.extra_body is None or isinstance(self.extra_body, dict), "extra_body must be a mapping"),
+            (self.api_key_env is None or isinstance(self.api_key_env, str), "api_key_env must be a variable name"),
+            (_real(self.temperature), "temperature must be a number"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"judge: {message}")
+        if not isinstance(self.base_url, str) or not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"judge: base_url must start with http:// or https://, got {self.base_url!r}")
+
+    def model_identity(self, model: str) -> str:
+        """What names the model in the cache key: an endpoint's model name."""
+        return model
+
+    def cache_settings(self, max_tokens: int) -> dict[str, Any]:
+        """Everything besides prompt, model and row content that changes what the judge writes."""
+        return {
+            "backend": "openai",
+            "temperature": float(self.temperature),
+            "max_tokens": max_tokens,
+            "extra_body": self.extra_body or {},
+            "send_image": bool(self.send_image),
+        }
+
+
+@dataclass
+class HFOptions:
+    """Options of the ``hf`` backend (flat keys of the judge's configuration).
+
+    Attributes:
+        revision: Hub revision of the judge model.
+        gguf_file: GGUF file name inside the model folder or repository (needs the ``gguf`` package).
+        device, dtype: where and in which precision the model runs (see :func:`metrics.base.resolve_device`).
+        batch_size: rows per ``generate`` call.
+        prefill: start the assistant turn with the prompt's ``answer_prefix``; recommended for small local
+            models, which otherwise often answer outside the expected form.
+        expected_score: also return the rating expected under the model's probabilities of the rating tokens
+            (every rating of the scale must be a single token, so ``rubric5`` with most tokenizers).
+    """
+
+    backend: ClassVar[str] = "hf"
+    exclusive: ClassVar[dict[str, str]] = {
+        "expected_score": "expected_score needs token probabilities, only the hf backend has them",
+        "prefill": "prefill is only supported by the hf backend",
+    }
+
+    revision: str | None = None
+    gguf_file: str | None = None
+    device: str | None = None
+    dtype: str = "auto"
+    batch_size: int = 8
+    prefill: bool = False
+    expected_score: bool = False
+
+    def validate(self) -> None:
+        """Raise a one-line :class:`ConfigError` for an impossible value."""
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise ConfigError("judge: batch_size must be >= 1")
+
+    def model_identity(self, model: str) -> str:
+        """What names the model in the cache key: the model, its revision and GGUF file."""
+        return "|".join([model, self.revision or "", self.gguf_file or ""])
+
+    def cache_settings(self, max_tokens: int) -> dict[str, Any]:
+        """Everything besides prompt, model and row content that changes what the judge writes."""
+        return {"backend": "hf", "max_tokens": max_tokens, "prefill": bool(self.prefill), "dtype": self.dtype}
+
+
+#: The options class of each backend, by its ``backend`` name.
+BACKEND_OPTIONS: dict[str, type] = {"openai": OpenAIOptions, "hf": HFOptions}
+
+
+def option_names() -> list[str]:
+    """Every backend option name, in declaration order (the judge's flat keys besides its own)."""
+    return [f.name for options in BACKEND_OPTIONS.values() for f in fields(options)]
+
+
+def split_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Route flat keyword arguments to one options object per backend: ``{"openai": OpenAIOptions, "hf": ...}``.
+
+    Raises:
+        ConfigError: a key is an option of no backend (the message lists the accepted keys).
+    """
+    unknown = sorted(set(options) - set(option_names()))
+    if unknown:
+        raise ConfigError(
+            f"metric 'judge' has no parameter(s) {', '.join(unknown)}; backend options are: "
+            f"{', '.join(option_names())}"
+        )
+    return {
+        name: cls(**{f.name: options[f.name] for f in fields(cls) if f.name in options})
+        for name, cls in BACKEND_OPTIONS.items()
+    }
+
+
+def changed_options(options: Any) -> dict[str, Any]:
+    """The fields of an options object that differ from their defaults."""
+    default = type(options)()
+    return {k: v for k, v in asdict(options).items() if v != getattr(default, k)}
+
+
 class OpenAIBackend:
     """Chat completions against any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp server, TGI, ...).
 
@@ -91,37 +244,22 @@ class OpenAIBackend:
     the server's ``Retry-After``, capped the same way).
     """
 
-    def __init__(
-        self,
-        *,
-        base_url: str,
-        model: str,
-        api_key_env: str | None,
-        max_concurrency: int,
-        timeout: float,
-        max_retries: int,
-        backoff: float,
-        max_backoff: float,
-        temperature: float,
-        max_tokens: int,
-        extra_body: dict | None,
-    ):
-        self.base_url = base_url.rstrip("/")
+    def __init__(self, *, model: str, options: OpenAIOptions, max_tokens: int):
         self.model = model
-        self.api_key_env = api_key_env
-        self.max_concurrency = max_concurrency
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.temperature = temperature
+        self.options = options
         self.max_tokens = max_tokens
-        self.extra_body = dict(extra_body or {})
         self._client = None
         self._lock = threading.Lock()
 
+    @property
+    def base_url(self) -> str:
+        return self.options.base_url.rstrip("/")
+
     def __repr__(self) -> str:
-        return f"OpenAIBackend(base_url={self.base_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
+        return (
+            f"OpenAIBackend(base_url={self.base_url!r}, model={self.model!r}, "
+            f"api_key_env={self.options.api_key_env!r})"
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         # The client carries the key in its headers: never pickle it.
@@ -133,7 +271,8 @@ class OpenAIBackend:
         self._lock = threading.Lock()
 
     def _key(self) -> str | None:
-        return os.environ.get(self.api_key_env) if self.api_key_env else None
+        env = self.options.api_key_env
+        return os.environ.get(env) if env else None
 
     def _redact(self, text: str) -> str:
         key = self._key()
@@ -147,16 +286,15 @@ class OpenAIBackend:
             key = self._key()
             if key:
                 headers["Authorization"] = f"Bearer {key}"
-            elif self.api_key_env:
+            elif self.options.api_key_env:
                 logger.debug(
-                    "environment variable %s is not set: sending requests without an API key", self.api_key_env
+                    "environment variable %s is not set: sending requests without an API key", self.options.api_key_env
                 )
+            concurrency = self.options.max_concurrency
             self._client = httpx.Client(
-                timeout=httpx.Timeout(self.timeout),
+                timeout=httpx.Timeout(float(self.options.timeout)),
                 headers=headers,
-                limits=httpx.Limits(
-                    max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency
-                ),
+                limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
             )
         return self._client
 
@@ -176,10 +314,10 @@ class OpenAIBackend:
         body = {
             "model": self.model,
             "messages": messages,
-            "temperature": self.temperature,
+            "temperature": float(self.options.temperature),
             "max_tokens": self.max_tokens,
         }
-        body.update(self.extra_body)
+        body.update(self.options.extra_body or {})
         return {key: value for key, value in body.items() if value is not None}
 
     def answer(self, requests: list[JudgeRequest]) -> list[JudgeAnswer]:
@@ -187,11 +325,11 @@ class OpenAIBackend:
         if not requests:
             return []
         self._get_client()
-        if self.max_concurrency <= 1 or len(requests) == 1:
+        if self.options.max_concurrency <= 1 or len(requests) == 1:
             return [self._answer_one(r) for r in requests]
         from concurrent.futures import ThreadPoolExecutor
 
-        pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(requests)))
+        pool = ThreadPoolExecutor(max_workers=min(self.options.max_concurrency, len(requests)))
         try:
             futures = [pool.submit(self._answer_one, r) for r in requests]
             return [f.result() for f in futures]
@@ -205,18 +343,19 @@ class OpenAIBackend:
         url = f"{self.base_url}/chat/completions"
         body = self.payload(request)
         client = self._get_client()
+        opts = self.options
         last_error = "no attempt made"
         wait = 0.0
-        for attempt in range(self.max_retries + 1):
+        for attempt in range(opts.max_retries + 1):
             if attempt:
-                delay = wait if wait > 0 else self.backoff * 2 ** (attempt - 1)
-                time.sleep(min(self.max_backoff, delay))
+                delay = wait if wait > 0 else opts.backoff * 2 ** (attempt - 1)
+                time.sleep(min(opts.max_backoff, delay))
                 logger.debug("row %s: retry %d after %s", request.row_id, attempt, last_error)
             wait = 0.0
             try:
                 response = client.post(url, json=body)
             except httpx.TimeoutException:
-                last_error = f"timed out after {self.timeout:g} s"
+                last_error = f"timed out after {float(opts.timeout):g} s"
                 continue
             except httpx.TransportError as exc:
                 last_error = f"connection error ({type(exc).__name__})"
@@ -226,7 +365,7 @@ class OpenAIBackend:
                 detail = self._redact(response.text[:300])
                 raise ConfigError(
                     f"{FATAL_STATUSES[status]} (HTTP {status} from {url}, model {self.model!r}; API key from "
-                    f"${self.api_key_env or '<none>'}): {detail}"
+                    f"${opts.api_key_env or '<none>'}): {detail}"
                 )
             if status in RETRY_STATUSES:
                 last_error = f"HTTP {status}"
@@ -251,7 +390,7 @@ class OpenAIBackend:
                 attempts=attempt + 1,
             )
         return JudgeAnswer(
-            None, attempts=self.max_retries + 1, error=f"{last_error} ({self.max_retries + 1} attempts)"
+            None, attempts=opts.max_retries + 1, error=f"{last_error} ({opts.max_retries + 1} attempts)"
         )
 
 
@@ -291,18 +430,14 @@ class HFBackend:
         self,
         *,
         model: str,
-        revision: str | None,
-        gguf_file: str | None,
-        batch_size: int,
+        options: HFOptions,
         max_new_tokens: int,
-        prefill: str,
-        rating_values: list[int] | None,
+        prefill: str = "",
+        rating_values: list[int] | None = None,
         locate=None,
     ):
         self.model = model
-        self.revision = revision
-        self.gguf_file = gguf_file
-        self.batch_size = batch_size
+        self.options = options
         self.max_new_tokens = max_new_tokens
         self.prefill = prefill
         self.rating_values = rating_values
@@ -312,10 +447,10 @@ class HFBackend:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         kwargs: dict[str, Any] = {}
-        if self.revision:
-            kwargs["revision"] = self.revision
-        if self.gguf_file:
-            kwargs["gguf_file"] = self.gguf_file
+        if self.options.revision:
+            kwargs["revision"] = self.options.revision
+        if self.options.gguf_file:
+            kwargs["gguf_file"] = self.options.gguf_file
         tokenizer = AutoTokenizer.from_pretrained(self.model, **kwargs)
         if not getattr(tokenizer, "chat_template", None):
             raise ConfigError(
@@ -368,8 +503,9 @@ class HFBackend:
         config.pad_token_id = tok.pad_token_id
         config.output_logits = want_probs
         config.return_dict_in_generate = True
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
+        batch_size = self.options.batch_size
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
             enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
             enc = {k: v.to(self._device) for k, v in enc.items()}
             with torch.inference_mode():
@@ -438,3 +574,15 @@ def _cut_at_eos(ids: list[int], eos: set[int]) -> list[int]:
         if token in eos:
             return ids[:k]
     return ids
+
+
+def _positive(value: object) -> bool:
+    return _real(value) and value > 0
+
+
+def _non_negative(value: object) -> bool:
+    return _real(value) and value >= 0
+
+
+def _real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

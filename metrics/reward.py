@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from metrics.base import ModelMetric, batch_texts, chunks, error_mask, nan_array, require_package, token_limit
+from metrics.base import ModelMetric, Requirement, batch_texts, chunks, error_mask, nan_array, token_limit
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,10 @@ class RewardScore(ModelMetric):
     """
 
     higher_is_better: ClassVar[bool] = True
+    requires: ClassVar[tuple[Requirement, ...]] = (
+        Requirement("torch", "the reward metric"),
+        Requirement("transformers", "the reward metric"),
+    )
 
     def __init__(
         self,
@@ -60,8 +64,6 @@ class RewardScore(ModelMetric):
         instruction_field: str = "instruction",
         response_field: str = "response",
     ):
-        require_package("torch", "torch", "the reward metric")
-        require_package("transformers", "transformers", "the reward metric")
         self.name = name
         self.model_name_or_path = model_name_or_path
         self.revision = revision

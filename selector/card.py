@@ -1,11 +1,21 @@
-"""Dataset cards for selected subsets, and publishing a subset with its card to the Hugging Face Hub.
+"""Cards: the dataset card of a selected subset, the model card of a learned selector, and publishing.
 
-A card is built from what the run wrote, never from memory: the selection's ``manifest.json`` (strategy,
-budget, seed, options, counts per reason, cluster and source), the scoring run's ``manifest.json`` that the
-selection points to (metrics, model ids and resolved revisions, NaN counts, package versions), and counts read
-off the subset itself. Values of parameters that look like secrets (``api_key``, ``token``, ``hf_token``,
-``secret``, ``password``, ...) are never written; judge metrics keep only the *name* of the environment variable
-anyway.
+Both cards are ``huggingface_hub`` cards: the Hub metadata is a :class:`~huggingface_hub.DatasetCardData` /
+:class:`~huggingface_hub.ModelCardData` (so the YAML front matter is valid by construction, whatever the user
+typed) and the body is a Jinja template in this module, rendered with ``from_template``.
+
+A dataset card is built from what the run wrote, never from memory: the selection's ``manifest.json``
+(strategy, budget, seed, options, counts per reason, cluster and source), the scoring run's ``manifest.json``
+that the selection points to (metrics, model ids and resolved revisions, NaN counts, package versions), and
+counts read off the subset itself. Rows without a cluster (id -1, None or NaN; :func:`selector.rows.
+is_missing_cluster`) are never counted as a cluster. Values of parameters that look like secrets (``api_key``,
+``token``, ``hf_token``, ``secret``, ``password``, ...) are never written; judge metrics keep only the *name* of
+the environment variable anyway.
+
+Licence metadata: ``license`` is a Hub licence id (``cc-by-4.0``, ``apache-2.0``, ...) or ``other``; with
+``other`` the card also carries ``license_name`` (a slug, default ``same-as-source``: the subset inherits the
+licence of its source data) and ``license_link`` when given. ``"other: <name>"`` is read as ``other`` with that
+name.
 
 Example:
     >>> from selector.card import build_card
@@ -17,18 +27,171 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
+from collections.abc import Mapping
 from typing import Any
 
-from selector.errors import DataError, VLSelectError
+from selector.errors import ConfigError, DataError, VLSelectError
+from selector.fileio import atomic_write_text
+from selector.rows import is_missing_cluster
 from selector.runs import read_manifest
 
 logger = logging.getLogger(__name__)
 
 CARD = "README.md"
+#: ``license_name`` written with ``license: other`` when the user gives none.
+DEFAULT_LICENSE_NAME = "same-as-source"
 # Keys whose values are credentials. `api_key_env` (the *name* of a variable) or `image_token_mismatch` are not.
 _SECRET = re.compile(r"(^|_)(api_?key|key|token|secret|password|authorization|auth)$", re.I)
+_LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
+_MAX_CLUSTER_ROWS = 50
+
+DATASET_CARD_TEMPLATE = """\
+---
+{{ card_data }}
+---
+{%- macro table(header, rows) %}
+| {{ header | join(" | ") }} |
+|{% for _ in header %}---|{% endfor %}
+{%- for row in rows %}
+| {{ row | join(" | ") }} |
+{%- endfor %}
+{%- endmacro %}
+# {{ name }}
+
+{% if pool_rows is not none -%}
+A subset of **{{ "{:,}".format(n_rows) }}** image-instruction pairs selected by \
+[vlselect](https://github.com/vlselect/vlselect) from a pool of {{ "{:,}".format(pool_rows) }} rows
+{%- else -%}
+A subset of **{{ "{:,}".format(n_rows) }}** image-instruction pairs selected by vlselect
+{%- endif %}
+(source: `{{ source }}`), with the `{{ strategy }}` strategy.
+
+## Loading
+
+```python
+from datasets import load_dataset
+
+ds = load_dataset("{{ repo_id }}", split="train")
+```
+
+Columns: `id`, `image` (original bytes), `images` (all images of multi-image rows), `messages` \
+(`role`/`content` turns, `<image>` marks an image), `error` (always empty here: rows with errors are never \
+selected), `source`, and the score columns the selection used (`score_*`, `emb_*`, `cluster_*`).
+
+## How it was selected
+{{ table(["setting", "value"], settings) }}
+{%- if reasons %}
+
+Every row of the pool got a reason (selected or why not):
+{{ table(["reason", "rows"], reasons) }}
+{%- endif %}
+{%- if sources %}
+
+### Per source
+{{ table(["source", "pool rows", "selected"], sources) }}
+{%- endif %}
+{%- if clusters %}
+
+### Per cluster
+
+{{ n_clusters }} clusters (rows without a cluster are not counted).
+{{ table(["cluster", "pool rows", "selected"], clusters) }}
+{%- if more_clusters %}
+
+({{ more_clusters }} more clusters in manifest.json)
+{%- endif %}
+{%- endif %}
+{%- if warnings %}
+
+### Warnings
+{% for warning in warnings %}
+- {{ warning }}
+{%- endfor %}
+{%- endif %}
+{%- if metric_rows %}
+
+## Scores
+
+Scored by `vlselect score` on {{ scoring_rows }} rows ({{ scoring_errors }} with errors, never selected). \
+NaN marks a missing input or a failed model answer, and ranks last.
+{{ table(["metric", "model (resolved revision)", "columns", "NaN rows"], metric_rows) }}
+{%- if errors_by_kind %}
+
+Errors in the pool by kind: `{{ errors_by_kind }}`.
+{%- endif %}
+{%- endif %}
+
+## Subset statistics
+{{ table(["rows", "with image", "multi-image", "text-only"], [stats]) }}
+{%- if versions %}
+
+## Reproducibility
+
+Package versions of the scoring run: `{{ versions }}`.
+{%- endif %}
+{%- if scoring_config %}
+
+Resolved scoring configuration:
+
+```json
+{{ scoring_config }}
+```
+{%- endif %}
+
+## Licence and limitations
+
+The subset inherits the licence and the terms of its source data; check them before use. Automatic scores \
+(CLIP similarity, reward models, LLM judges) carry the biases of the models that produced them, and a selection \
+tuned for one model or benchmark may not transfer to others.
+
+## Citation
+
+Selection methods: InstructionGPT-4 (Wei et al., 2023, arXiv:2308.12067); density-based pruning (Abbas et al., \
+ICLR 2024, arXiv:2401.04578); SemDeDup (Abbas et al., 2023); SSL-prototypes (Sorscher et al., NeurIPS 2022).
+
+"""
+
+MODEL_CARD_TEMPLATE = """\
+---
+{{ card_data }}
+---
+
+# vlselect learned selector
+
+A `{{ model }}` learned selector for vlselect, the InstructionGPT-4 (arXiv 2308.12067) data selector: it \
+predicts how much each vision-language instruction contributes to the quality of a model fine-tuned on it, from \
+the sample's metric scores and embeddings.
+
+## Usage
+
+```python
+from selector import LearnedSelector
+sel = LearnedSelector.from_pretrained("{{ name }}")
+scores = sel.score_samples(scored_dataset)  # higher = better, NaN = row with error / no features
+```
+
+```bash
+vlselect select SCORED_DIR --strategy instructiongpt4 --selector {{ name }} --budget 200 --out OUT
+```
+
+## Inputs (run `vlselect score` with these metrics first)
+
+| column | kind | preprocessing |
+|---|---|---|
+{% for row in inputs -%}
+| {{ row | join(" | ") }} |
+{% endfor %}
+Missing values are replaced by the pool mean; rows with `error` set or no feature get NaN.
+
+## Training
+
+{% for line in training -%}
+- {{ line }}
+{% endfor %}
+"""
 
 
 class PublishError(VLSelectError):
@@ -44,6 +207,40 @@ def redact(value: Any) -> Any:
     return value
 
 
+def license_metadata(license: str, license_name: str | None = None, license_link: str | None = None) -> dict[str, str]:
+    """The Hub licence fields for a card: ``{"license", "license_name"?, "license_link"?}``.
+
+    Args:
+        license: a Hub licence id (case-insensitive: ``MIT`` is ``mit``), ``other``, or ``"other: <name>"``.
+        license_name: the licence's name with ``other`` (made a lowercase slug); default the name after
+            ``other:``, else :data:`DEFAULT_LICENSE_NAME`.
+        license_link: a URL or file of the licence text with ``other``.
+
+    Raises:
+        ConfigError: an empty or malformed licence id, or ``license_name`` / ``license_link`` with a licence
+            other than ``other``.
+    """
+    text = (license or "").strip()
+    head, sep, tail = text.partition(":")
+    if sep and head.strip().lower() == "other":
+        text, license_name = "other", license_name or tail
+    text = text.lower()
+    if not _LICENSE_ID.match(text):
+        raise ConfigError(
+            f"--license {license!r} is not a Hub licence id (apache-2.0, cc-by-4.0, mit, ...); use 'other' with "
+            "--license-name for any other licence"
+        )
+    if text != "other":
+        if license_name or license_link:
+            raise ConfigError(f"--license-name / --license-link go with --license other, not {text!r}")
+        return {"license": text}
+    slug = re.sub(r"[^a-z0-9.]+", "-", (license_name or "").strip().lower()).strip("-.")
+    out = {"license": "other", "license_name": slug or DEFAULT_LICENSE_NAME}
+    if license_link:
+        out["license_link"] = str(license_link)
+    return out
+
+
 def _size_category(n: int) -> str:
     for bound, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
         if n < bound:
@@ -51,14 +248,38 @@ def _size_category(n: int) -> str:
     return "1M<n<10M" if n < 10_000_000 else "n>10M"
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|")
+
+
+def _cells(rows: list[list[Any]]) -> list[list[str]]:
+    return [[_cell(v) for v in row] for row in rows]
 
 
 def _json_line(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def _cluster_id(key: str) -> Any:
+    """A manifest cluster key back as the value it was written from (``"-1"`` -> -1, ``"nan"`` -> NaN)."""
+    if key in ("None", "null", ""):
+        return None
+    for parse in (int, float):
+        try:
+            return parse(key)
+        except ValueError:
+            pass
+    return key
+
+
+def cluster_table(clusters: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
+    """``[[cluster, pool rows, selected], ...]`` of a manifest's ``clusters``, without missing clusters."""
+    rows = []
+    for key, entry in clusters.items():
+        if is_missing_cluster(_cluster_id(str(key))):
+            continue
+        rows.append([key, entry.get("size", entry.get("rows", "")), entry.get("selected", entry.get("quota", ""))])
+    return rows
 
 
 def build_card(
@@ -66,6 +287,8 @@ def build_card(
     *,
     pretty_name: str | None = None,
     license: str = "other",
+    license_name: str | None = None,
+    license_link: str | None = None,
     source_dataset: str | None = None,
     repo_id: str | None = None,
 ) -> str:
@@ -74,18 +297,23 @@ def build_card(
     Args:
         selected_dir: folder written by ``vlselect select`` (a ``save_to_disk`` dataset + ``manifest.json``).
         pretty_name: title of the card; default: the folder name.
-        license: the subset's licence id for the Hub metadata; it inherits the source data's licence, so set
-            it to that (``"other"`` until you do).
+        license: the subset's licence for the Hub metadata (see :func:`license_metadata`); it inherits the
+            source data's licence, so set it to that (``"other"`` until you do).
+        license_name: with ``license="other"``, the licence's name (a slug).
+        license_link: with ``license="other"``, a URL or file of the licence text.
         source_dataset: Hub id or description of the pool the subset was selected from.
         repo_id: the Hub repository the card is for, used in the loading snippet.
 
     Raises:
         DataError: the folder is not a ``vlselect select`` output.
+        ConfigError: the licence fields are malformed.
     """
     from datasets import load_from_disk
+    from huggingface_hub import DatasetCard, DatasetCardData
 
     from selector.data.summary import summarize
 
+    licence = license_metadata(license, license_name, license_link)
     selection = read_manifest(selected_dir)
     if selection.get("command") != "select":
         raise DataError(f"{selected_dir}: not a `vlselect select` output (no manifest.json with command 'select')")
@@ -101,73 +329,21 @@ def build_card(
     counts = selection.get("counts", {})
     name = pretty_name or os.path.basename(os.path.abspath(selected_dir))
     source = source_dataset or (scoring.get("input") or {}).get("source") or selection.get("input")
+    strategy = selection.get("strategy")
 
-    front = [
-        "---",
-        f"pretty_name: {json.dumps(name)}",
-        f"license: {license}",
-        "task_categories:",
-        "- image-text-to-text",
-        "- visual-question-answering",
-        "tags:",
-        "- vlselect",
-        "- data-selection",
-        f"- strategy-{selection.get('strategy', 'unknown').replace(':', '-').replace('_', '-')}",
-        "size_categories:",
-        f"- {_size_category(stats['n_rows'])}",
-        "---",
-    ]
-    body = [
-        f"# {name}",
-        "",
-        f"A subset of **{stats['n_rows']:,}** image-instruction pairs selected by "
-        f"[vlselect](https://github.com/vlselect/vlselect) from a pool of {counts.get('n_rows', '?'):,} rows"
-        if isinstance(counts.get("n_rows"), int)
-        else f"A subset of **{stats['n_rows']:,}** image-instruction pairs selected by vlselect",
-        f"(source: `{source}`), with the `{selection.get('strategy')}` strategy.",
-        "",
-        "## Loading",
-        "",
-        "```python",
-        "from datasets import load_dataset",
-        f'ds = load_dataset("{repo_id or "<user>/<repo>"}", split="train")',
-        "```",
-        "",
-        "Columns: `id`, `image` (original bytes), `images` (all images of multi-image rows), `messages` "
-        "(`role`/`content` turns, `<image>` marks an image), `error` (always empty here: rows with errors are "
-        "never selected), `source`, and the score columns the selection used (`score_*`, `emb_*`, `cluster_*`).",
-        "",
-        "## How it was selected",
-        "",
-        _table(
-            ["setting", "value"],
-            [
-                ["strategy", f"`{selection.get('strategy')}`"],
-                ["budget", f"{selection.get('budget')} ({selection.get('n_budget')} rows)"],
-                ["seed", selection.get("seed")],
-                ["options", f"`{_json_line(selection.get('options', {}))}`"],
-                ["columns", f"`{_json_line(selection.get('columns', {}))}`"],
-                ["vlselect", selection.get("vlselect_version")],
-            ],
-        ),
-        "",
-    ]
-    reasons = counts.get("reasons") or {}
-    if reasons:
-        body += ["Every row of the pool got a reason (selected or why not):", ""]
-        body += [_table(["reason", "rows"], [[f"`{k}`", v] for k, v in reasons.items()]), ""]
-    if selection.get("sources"):
-        rows = [[f"`{k}`", v.get("rows"), v.get("selected")] for k, v in selection["sources"].items()]
-        body += ["### Per source", "", _table(["source", "pool rows", "selected"], rows), ""]
+    card_data = DatasetCardData(
+        pretty_name=name,
+        **licence,
+        task_categories=["image-text-to-text", "visual-question-answering"],
+        tags=[
+            "vlselect",
+            "data-selection",
+            f"strategy-{str(strategy or 'unknown').replace(':', '-').replace('_', '-')}",
+        ],
+        size_categories=[_size_category(stats["n_rows"])],
+    )
     clusters = selection.get("clusters")
-    if isinstance(clusters, dict) and clusters:
-        items = list(clusters.items())
-        rows = [[k, v.get("size", v.get("rows", "")), v.get("selected", v.get("quota", ""))] for k, v in items[:50]]
-        more = f"\n\n({len(items) - 50} more clusters in manifest.json)" if len(items) > 50 else ""
-        body += ["### Per cluster", "", _table(["cluster", "pool rows", "selected"], rows) + more, ""]
-    if selection.get("warnings"):
-        body += ["### Warnings", ""] + [f"- {w}" for w in selection["warnings"]] + [""]
-
+    cluster_rows = cluster_table(clusters) if isinstance(clusters, dict) else []
     metric_rows = []
     for entry in scoring.get("metrics", []):
         model = entry.get("model")
@@ -182,58 +358,103 @@ def build_card(
                 ", ".join(f"{k}: {v}" for k, v in nan.items()) or "0",
             ]
         )
-    if metric_rows:
-        body += [
-            "## Scores",
-            "",
-            f"Scored by `vlselect score` on {scoring.get('n_rows', '?')} rows "
-            f"({scoring.get('n_error_rows', 0)} with errors, never selected). NaN marks a missing input or a "
-            "failed model answer, and ranks last.",
-            "",
-            _table(["metric", "model (resolved revision)", "columns", "NaN rows"], metric_rows),
-            "",
-        ]
-        if scoring.get("errors_by_kind"):
-            body += [f"Errors in the pool by kind: `{_json_line(scoring['errors_by_kind'])}`.", ""]
-    body += [
-        "## Subset statistics",
-        "",
-        _table(
-            ["rows", "with image", "multi-image", "text-only"],
-            [[stats["n_rows"], stats["n_with_image"], stats["n_multi_image"], stats["n_text_only"]]],
+    pool_rows = counts.get("n_rows")
+    card = DatasetCard.from_template(
+        card_data,
+        template_str=DATASET_CARD_TEMPLATE,
+        name=name,
+        n_rows=stats["n_rows"],
+        pool_rows=pool_rows if isinstance(pool_rows, int) else None,
+        source=source,
+        strategy=strategy,
+        repo_id=repo_id or "<user>/<repo>",
+        settings=_cells(
+            [
+                ["strategy", f"`{strategy}`"],
+                ["budget", f"{selection.get('budget')} ({selection.get('n_budget')} rows)"],
+                ["seed", selection.get("seed")],
+                ["options", f"`{_json_line(selection.get('options', {}))}`"],
+                ["columns", f"`{_json_line(selection.get('columns', {}))}`"],
+                ["vlselect", selection.get("vlselect_version")],
+            ]
         ),
-        "",
-    ]
-    versions = scoring.get("packages") or {}
-    if versions:
-        body += ["## Reproducibility", "", "Package versions of the scoring run: `" + _json_line(versions) + "`.", ""]
-    if scoring.get("config"):
-        body += ["Resolved scoring configuration:", "", "```json", json.dumps(scoring["config"], indent=2), "```", ""]
-    body += [
-        "## Licence and limitations",
-        "",
-        "The subset inherits the licence and the terms of its source data; check them before use. Automatic "
-        "scores (CLIP similarity, reward models, LLM judges) carry the biases of the models that produced them, "
-        "and a selection tuned for one model or benchmark may not transfer to others.",
-        "",
-        "## Citation",
-        "",
-        "Selection methods: InstructionGPT-4 (Wei et al., 2023, arXiv:2308.12067); density-based pruning "
-        "(Abbas et al., ICLR 2024, arXiv:2401.04578); SemDeDup (Abbas et al., 2023); SSL-prototypes "
-        "(Sorscher et al., NeurIPS 2022).",
-        "",
-    ]
-    return "\n".join(front + body)
+        reasons=_cells([[f"`{k}`", v] for k, v in (counts.get("reasons") or {}).items()]),
+        sources=_cells(
+            [[f"`{k}`", v.get("rows"), v.get("selected")] for k, v in (selection.get("sources") or {}).items()]
+        ),
+        clusters=_cells(cluster_rows[:_MAX_CLUSTER_ROWS]),
+        n_clusters=len(cluster_rows),
+        more_clusters=max(0, len(cluster_rows) - _MAX_CLUSTER_ROWS),
+        warnings=selection.get("warnings") or [],
+        metric_rows=_cells(metric_rows),
+        scoring_rows=scoring.get("n_rows", "?"),
+        scoring_errors=scoring.get("n_error_rows", 0),
+        errors_by_kind=_json_line(scoring["errors_by_kind"]) if scoring.get("errors_by_kind") else None,
+        stats=_cells([[stats["n_rows"], stats["n_with_image"], stats["n_multi_image"], stats["n_text_only"]]])[0],
+        versions=_json_line(scoring["packages"]) if scoring.get("packages") else None,
+        scoring_config=json.dumps(scoring["config"], indent=2) if scoring.get("config") else None,
+    )
+    return str(card)
 
 
 def write_card(selected_dir: str, out_path: str | None = None, **kwargs) -> str:
-    """Render the card and write it (default: ``<selected_dir>/README.md``); return the path written."""
+    """Render the card and write it atomically (default: ``<selected_dir>/README.md``); return the path written."""
     text = build_card(selected_dir, **kwargs)
     out_path = out_path or os.path.join(selected_dir, CARD)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(out_path, "w", encoding="utf-8") as handle:
-        handle.write(text)
+    atomic_write_text(out_path, text)
     return out_path
+
+
+def model_card(config: Mapping[str, Any], name: str) -> str:
+    """Markdown model card (with Hub metadata) for a saved learned selector's ``config.json`` content.
+
+    Args:
+        config: what :meth:`selector.learned.LearnedSelector.save_pretrained` writes to ``config.json``
+            (format version 1 with ``recipe`` or 2 with ``feature_spec``).
+        name: the folder or Hub id the usage examples load the selector from.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    params, fitted = config["params"], config["fitted"]
+    spec = config["feature_spec"] if "feature_spec" in config else config["recipe"]
+    val = fitted.get("validation") or {}
+    unit = "groups" if fitted["mode"] == "set" else "rows"
+    inputs = [
+        [f"`{col}`", "score", f"(x - {mean:.4g}) / {std:.4g}, clipped to +-{spec['clip_std']:g}"]
+        for col, mean, std in zip(spec["score_columns"], spec["score_mean"], spec["score_std"])
+    ]
+    inputs += [
+        [f"`{col}`", f"embedding ({dim}-d)", f"PCA to {k} whitened components fitted on the pool"]
+        for col, dim, k in zip(spec["embedding_columns"], spec["embedding_dims"], spec["n_components"])
+    ]
+    training = [
+        f"labels: {fitted['mode']}-level, {fitted['n_units']} {unit}, {fitted['n_train_rows']} rows; "
+        f"label mean {fitted['label_mean']:.4g}, std {fitted['label_std']:.4g}",
+        f"held-out {unit}: {val.get('n', 0)}, Spearman {_fmt(val.get('spearman'))}",
+    ]
+    if params["model"] == "attention":
+        training.append(
+            f"network: d_model {params['d_model']}, {params['n_heads']} heads, {params['n_layers']} layers; "
+            f"best epoch {fitted['best_epoch']} of {fitted['n_epochs_run']}"
+        )
+    else:
+        training.append(f"ridge penalty alpha = {fitted['alpha']:g}")
+    training.append(f"random_state: {params['random_state']}; vlselect {config['vlselect_version']}")
+    card_data = ModelCardData(library_name="vlselect", tags=["vlselect", "data-selection", "instructiongpt4"])
+    card = ModelCard.from_template(
+        card_data,
+        template_str=MODEL_CARD_TEMPLATE,
+        model=params["model"],
+        name=name,
+        inputs=_cells(inputs),
+        training=training,
+    )
+    return str(card)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
 def publish(
@@ -243,6 +464,8 @@ def publish(
     private: bool = True,
     token: str | None = None,
     license: str = "other",
+    license_name: str | None = None,
+    license_link: str | None = None,
     source_dataset: str | None = None,
 ) -> str:
     """Push a selected subset and its dataset card to the Hub; return the dataset's URL.
@@ -254,7 +477,14 @@ def publish(
     from huggingface_hub import DatasetCard
     from huggingface_hub.errors import HfHubHTTPError
 
-    card = build_card(selected_dir, license=license, source_dataset=source_dataset, repo_id=repo_id)
+    card = build_card(
+        selected_dir,
+        license=license,
+        license_name=license_name,
+        license_link=license_link,
+        source_dataset=source_dataset,
+        repo_id=repo_id,
+    )
     subset = load_from_disk(selected_dir)
     if "selected" in subset.column_names:
         subset = subset.filter(lambda flags: flags, input_columns="selected")

@@ -3,371 +3,56 @@
 InstructionGPT-4 (Wei et al., arXiv 2308.12067) scores every vision-language instruction with indicators
 (CLIP score, length, reward score, GPT score) plus image and text embeddings, and trains a small
 self-attention network whose per-sample scores, averaged over a subset, regress the quality of a model
-fine-tuned on that subset. :class:`LearnedSelector` implements that idea as a scikit-learn-style estimator
-with two models:
+fine-tuned on that subset. :class:`LearnedSelector` implements that idea as a scikit-learn estimator with two
+models:
 
 * ``model="attention"`` (default): the self-attention network, corrected (see :class:`LearnedSelector`).
 * ``model="ridge"``: a linear baseline on the same features; in set mode it is ridge regression of the
   group labels on the group-mean features, so the mean of its per-row scores over a group is exactly its
   prediction for the group.
 
-Feature recipe (fitted on the pool passed to :meth:`LearnedSelector.fit`, saved with the model):
-
-* every ``score_*`` column (or the ones named in ``score_columns``) is standardised with the pool's mean and
-  standard deviation and winsorised at +-``clip_std`` standard deviations, so one extreme row (a 50k-token
-  answer) cannot dominate the scores;
-* every ``emb_*`` column (or the ones named in ``embedding_columns``) is reduced by one PCA fitted on the
-  pool (``n_components=6`` as upstream) and whitened, so each component has unit variance like the scores;
-* NaN policy: a missing score or a NaN embedding vector is replaced by the pool mean (0 after
-  standardisation); a row whose every feature is missing, and a row with ``error`` set, gets a NaN score
-  and is never selected; rows with ``error`` set are left out of fitting.
+The features (standardised ``score_*`` columns, whitened PCA of ``emb_*`` columns, the NaN policy) are built by
+:class:`selector.features.FeatureSpec`, fitted on the pool passed to :meth:`LearnedSelector.fit` and saved with
+the model.
 
 Labels come per row (``groups=None``) or per set (rows carry ``groups`` and a group-constant label; the loss
 is the squared error between the group's mean score and its label). Label files are JSONL rows
 ``{"id", "group", "label"}`` (see :func:`read_labels`), the schema ``vlselect labels`` writes.
 
-A fitted selector saves to a folder (``config.json`` with the feature recipe and metric names,
-``model.safetensors`` with the weights and PCA matrices, ``README.md`` model card) that
-:meth:`LearnedSelector.from_pretrained` loads from disk or from the Hugging Face Hub.
+A fitted selector saves to a folder (``config.json`` with the feature spec and metric names,
+``model.safetensors`` with the weights and PCA matrices, ``README.md`` model card built by
+:func:`selector.card.model_card`) that :meth:`LearnedSelector.from_pretrained` loads from disk or from the
+Hugging Face Hub.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
 from selector.errors import ConfigError, DataError, VLSelectError
+from selector.features import FeatureSpec, FeatureTable
+from selector.fileio import atomic_write_bytes, atomic_write_text, iter_jsonl_lines, read_json, write_json
+from selector.rows import check_seed, hash_order, id_ranks, parse_budget, resolve_budget
 
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
-FORMAT_VERSION = 1
+#: 2: the feature spec is stored under "feature_spec" (version 1 called it "recipe"; both load).
+FORMAT_VERSION = 2
 MODELS = ("attention", "ridge")
 _RIDGE_ALPHAS = tuple(10.0**k for k in range(-3, 4))
-_NUMERIC_DTYPES = frozenset(
-    ["bool", "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"]
-)
-
-
-# --------------------------------------------------------------------------------------------------- recipe
-
-
-@dataclass
-class FeatureRecipe:
-    """How raw columns become model inputs; fitted on the pool, saved in ``config.json``.
-
-    Attributes:
-        score_columns: ``score_*`` columns, one token each, in this order.
-        score_mean: pool mean of each score column (NaN ignored).
-        score_std: pool standard deviation of each score column (1.0 where the column is constant).
-        clip_std: standardised scores are clipped to ``[-clip_std, clip_std]``.
-        embedding_columns: ``emb_*`` columns, one token each, in this order.
-        embedding_dims: the raw dimension of each embedding column.
-        n_components: PCA components actually kept for each embedding column (``min(asked, n - 1, dim)``).
-        pca: per embedding column ``{"mean": (d,), "components": (k, d), "scale": (k,)}`` arrays; stored in
-            ``model.safetensors``, not in JSON.
-    """
-
-    score_columns: list[str] = field(default_factory=list)
-    score_mean: list[float] = field(default_factory=list)
-    score_std: list[float] = field(default_factory=list)
-    clip_std: float = 6.0
-    embedding_columns: list[str] = field(default_factory=list)
-    embedding_dims: list[int] = field(default_factory=list)
-    n_components: list[int] = field(default_factory=list)
-    pca: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
-
-    @property
-    def columns(self) -> list[str]:
-        """Every input column the recipe reads."""
-        return [*self.score_columns, *self.embedding_columns]
-
-    @property
-    def metrics(self) -> list[str]:
-        """Metric instance names behind the columns (``score_clip`` -> ``clip``, ``emb_dinov2`` -> ``dinov2``)."""
-        return [c.split("_", 1)[1] for c in self.columns]
-
-    def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("pca")
-        return out
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> FeatureRecipe:
-        recipe = cls(**{k: v for k, v in data.items() if k != "pca"})
-        for col in recipe.embedding_columns:
-            recipe.pca[col] = {part: tensors[f"pca.{col}.{part}"] for part in ("mean", "components", "scale")}
-        return recipe
-
-    def tensors(self) -> dict[str, np.ndarray]:
-        return {f"pca.{col}.{part}": arr for col, parts in self.pca.items() for part, arr in parts.items()}
-
-    @classmethod
-    def fit(
-        cls,
-        table: _Table,
-        *,
-        score_columns: Sequence[str] | None,
-        embedding_columns: Sequence[str] | None,
-        n_components: int,
-        clip_std: float,
-        rows: np.ndarray,
-    ) -> FeatureRecipe:
-        """Fit standardisation and PCA on ``rows`` (indices of usable pool rows) of ``table``."""
-        explicit_scores = score_columns is not None
-        explicit_embs = embedding_columns is not None
-        if score_columns is None:
-            score_columns = [c for c in table.columns if c.startswith("score_") and table.is_numeric(c)]
-        if embedding_columns is None:
-            embedding_columns = [c for c in table.columns if c.startswith("emb_")]
-        table.require([*score_columns, *embedding_columns])
-        recipe = cls(clip_std=float(clip_std))
-        for col in score_columns:
-            values = table.scores(col)[rows]
-            finite = values[np.isfinite(values)]
-            if finite.size == 0:
-                if explicit_scores:
-                    raise DataError(f"score column {col!r} has no finite value in the rows used for fitting")
-                logger.warning("skipping %s: no finite value in the pool", col)
-                continue
-            std = float(finite.std())
-            if not std > 0:
-                if not explicit_scores:
-                    logger.warning("skipping %s: constant over the pool", col)
-                    continue
-                std = 1.0
-            recipe.score_columns.append(col)
-            recipe.score_mean.append(float(finite.mean()))
-            recipe.score_std.append(std)
-        for col in embedding_columns:
-            matrix = table.embeddings(col)[rows]
-            finite = np.isfinite(matrix).all(axis=1)
-            if finite.sum() < 2:
-                if explicit_embs:
-                    raise DataError(f"embedding column {col!r} has fewer than 2 finite vectors in the fitting rows")
-                logger.warning("skipping %s: fewer than 2 finite vectors in the pool", col)
-                continue
-            parts = _fit_pca(matrix[finite], n_components)
-            recipe.embedding_columns.append(col)
-            recipe.embedding_dims.append(int(matrix.shape[1]))
-            recipe.n_components.append(int(parts["components"].shape[0]))
-            recipe.pca[col] = parts
-        if not recipe.columns:
-            raise DataError(
-                "no usable feature columns: the data needs score_* or emb_* columns with finite values "
-                f"(columns present: {', '.join(table.columns)})"
-            )
-        return recipe
-
-    def transform(self, table: _Table) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-        """Features of every row of ``table``.
-
-        Returns:
-            ``(scores (n, S) float32, [embeddings (n, k_j) float32 per column], usable (n,) bool)`` where a row
-            is usable when at least one of its features is present; missing features are 0 (the pool mean).
-        """
-        table.require(self.columns)
-        n = len(table)
-        present = np.zeros(n, dtype=bool)
-        scores = np.zeros((n, len(self.score_columns)), dtype=np.float64)
-        for j, col in enumerate(self.score_columns):
-            values = table.scores(col)
-            ok = np.isfinite(values)
-            present |= ok
-            z = (values - self.score_mean[j]) / self.score_std[j]
-            scores[:, j] = np.where(ok, np.clip(z, -self.clip_std, self.clip_std), 0.0)
-        embeddings = []
-        for j, col in enumerate(self.embedding_columns):
-            matrix = table.embeddings(col)
-            if matrix.shape[1] != self.embedding_dims[j]:
-                raise DataError(
-                    f"embedding column {col!r} has dimension {matrix.shape[1]}, the selector was trained on "
-                    f"{self.embedding_dims[j]}; score the data with the same embedding model"
-                )
-            ok = np.isfinite(matrix).all(axis=1)
-            present |= ok
-            pca = self.pca[col]
-            projected = (np.where(ok[:, None], matrix, pca["mean"]) - pca["mean"]) @ pca["components"].T
-            embeddings.append((projected / pca["scale"]).astype(np.float32))
-        return scores.astype(np.float32), embeddings, present & ~table.errors()
-
-    def flat(self, table: _Table) -> tuple[np.ndarray, np.ndarray]:
-        """``(features (n, S + sum k_j) float64, usable (n,))``: the recipe's features side by side."""
-        scores, embeddings, usable = self.transform(table)
-        return np.concatenate([scores, *embeddings], axis=1).astype(np.float64), usable
-
-
-def _fit_pca(matrix: np.ndarray, n_components: int) -> dict[str, np.ndarray]:
-    """PCA with a deterministic sign (largest-magnitude loading positive), whitened; float64 arithmetic."""
-    n, d = matrix.shape
-    mean = matrix.mean(axis=0, dtype=np.float64)
-    k = max(1, min(int(n_components), n - 1, d))
-    if n > 4 * d:
-        # covariance route, accumulated in chunks: d x d memory, so a 1M-row pool of 768-d vectors fits.
-        cov = np.zeros((d, d))
-        for start in range(0, n, 65536):
-            chunk = matrix[start : start + 65536].astype(np.float64) - mean
-            cov += chunk.T @ chunk
-        eigval, eigvec = np.linalg.eigh(cov)
-        order = np.argsort(eigval)[::-1][:k]
-        components = eigvec[:, order].T
-        variance = np.maximum(eigval[order], 0.0) / max(n - 1, 1)
-    else:
-        _, sing, vt = np.linalg.svd(matrix.astype(np.float64) - mean, full_matrices=False)
-        components = vt[:k]
-        variance = sing[:k] ** 2 / max(n - 1, 1)
-    signs = np.sign(components[np.arange(k), np.abs(components).argmax(axis=1)])
-    components = components * np.where(signs == 0, 1.0, signs)[:, None]
-    # a component with (numerically) zero variance would divide by zero; leave it unscaled instead.
-    scale = np.sqrt(variance)
-    scale = np.where(scale > 1e-12, scale, 1.0)
-    return {
-        "mean": mean.astype(np.float32),
-        "components": components.astype(np.float32),
-        "scale": scale.astype(np.float32),
-    }
-
-
-class _Table:
-    """Column access over a ``datasets.Dataset``, a pandas DataFrame or a mapping of arrays."""
-
-    def __init__(self, data: Any):
-        self.data = data
-        self._cache: dict[str, np.ndarray] = {}
-        if hasattr(data, "column_names") and hasattr(data, "with_format"):
-            self.kind = "dataset"
-            self.columns = list(data.column_names)
-            self._n = len(data)
-        elif hasattr(data, "columns") and hasattr(data, "iloc"):
-            self.kind = "frame"
-            self.columns = [str(c) for c in data.columns]
-            self._n = len(data)
-        elif isinstance(data, Mapping):
-            self.kind = "mapping"
-            self.columns = list(data)
-            lengths = {len(v) for v in data.values()}
-            if len(lengths) > 1:
-                raise DataError(f"columns have different lengths: {sorted(lengths)}")
-            self._n = lengths.pop() if lengths else 0
-        else:
-            raise DataError(
-                f"X must be a datasets.Dataset, a pandas DataFrame or a mapping of columns, not {type(data).__name__}"
-            )
-
-    def __len__(self) -> int:
-        return self._n
-
-    def require(self, columns: Sequence[str]) -> None:
-        missing = [c for c in columns if c not in self.columns]
-        if missing:
-            raise DataError(
-                f"the selector needs column(s) missing from the data: {', '.join(missing)}; "
-                "score the data with the same metrics (vlselect score) before using this selector"
-            )
-
-    def raw(self, column: str) -> Any:
-        if self.kind == "dataset":
-            return self._arrow(column).to_pylist()
-        if self.kind == "frame":
-            return self.data[column].to_numpy()
-        return self.data[column]
-
-    def _arrow(self, column: str):
-        # arrow, not the numpy formatter: that one iterates row by row over a Column and fails on None vectors;
-        # with_format(...)[:] honours an indices mapping left by select/shuffle.
-        return self.data.with_format("arrow", columns=[column])[:].column(column).combine_chunks()
-
-    def is_numeric(self, column: str) -> bool:
-        if self.kind == "dataset":
-            feature = self.data.features[column]
-            return getattr(feature, "dtype", "") in _NUMERIC_DTYPES
-        values = np.asarray(self.raw(column))
-        return values.ndim == 1 and values.dtype.kind in "fiub"
-
-    def scores(self, column: str) -> np.ndarray:
-        if column not in self._cache:
-            try:
-                if self.kind == "dataset":
-                    import pyarrow as pa
-
-                    values = self._arrow(column).cast(pa.float64()).to_numpy(zero_copy_only=False)
-                else:
-                    values = np.asarray(self.raw(column), dtype=np.float64)
-            except (TypeError, ValueError, NotImplementedError) as exc:
-                raise DataError(f"score column {column!r} is not numeric ({exc})") from exc
-            if values.ndim != 1:
-                raise DataError(f"score column {column!r} must hold one number per row, got shape {values.shape}")
-            self._cache[column] = values
-        return self._cache[column]
-
-    def embeddings(self, column: str) -> np.ndarray:
-        if column not in self._cache:
-            matrix = self._arrow_matrix(column) if self.kind == "dataset" else None
-            if matrix is None:
-                values = self.raw(column)
-                try:
-                    matrix = np.asarray(values, dtype=np.float32)
-                except (TypeError, ValueError):
-                    matrix = _ragged_to_matrix(column, values)
-            if matrix.ndim != 2:
-                raise DataError(f"embedding column {column!r} must hold one vector per row, got shape {matrix.shape}")
-            self._cache[column] = matrix
-        return self._cache[column]
-
-    def _arrow_matrix(self, column: str) -> np.ndarray | None:
-        """(n, d) float32 straight from an arrow list column; None when it needs the slow path (nulls, ragged)."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        arr = self._arrow(column)
-        listlike = (
-            pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type)
-        )
-        if not listlike or arr.null_count or len(arr) == 0:
-            return None
-        value_type = arr.type.value_type
-        if not (pa.types.is_floating(value_type) or pa.types.is_integer(value_type)):
-            return None
-        lengths = np.unique(pc.list_value_length(arr).to_numpy(zero_copy_only=False))
-        if len(lengths) != 1:
-            return None
-        flat = arr.flatten().cast(pa.float32()).to_numpy(zero_copy_only=False)
-        return flat.reshape(len(arr), int(lengths[0]))
-
-    def errors(self) -> np.ndarray:
-        if "error" not in self.columns:
-            return np.zeros(len(self), dtype=bool)
-        return np.array([e is not None and e == e and str(e) != "" for e in self.raw("error")], dtype=bool)
-
-    def ids(self) -> np.ndarray:
-        if "id" not in self.columns:
-            return np.array([f"{i:012d}" for i in range(len(self))])
-        return np.array([str(v) for v in self.raw("id")])
-
-
-def _ragged_to_matrix(column: str, values: Sequence[Any]) -> np.ndarray:
-    """Rows as vectors; a missing (None) vector becomes NaN, a vector of another length is an error."""
-    rows = [None if v is None else np.asarray(v, dtype=np.float32).ravel() for v in values]
-    dims = {len(r) for r in rows if r is not None}
-    if len(dims) != 1:
-        raise DataError(f"embedding column {column!r} has vectors of different lengths: {sorted(dims)}")
-    dim = dims.pop()
-    return np.stack([np.full(dim, np.nan, dtype=np.float32) if r is None else r for r in rows])
-
-
-# ---------------------------------------------------------------------------------------------------- labels
 
 
 def read_labels(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -385,24 +70,17 @@ def read_labels(path: str | os.PathLike) -> list[dict[str, Any]]:
         raise DataError(f"label file not found: {path}")
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict) or "id" not in row or "label" not in row:
-                raise DataError(f'{path}:{lineno}: each line needs "id" and "label" (and "group" for set labels)')
-            label = row["label"]
-            if isinstance(label, bool) or not isinstance(label, (int, float)) or not math.isfinite(label):
-                raise DataError(f"{path}:{lineno}: label must be a finite number, got {label!r}")
-            key = str(row["id"])
-            if key in seen:
-                raise DataError(f"{path}:{lineno}: id {key!r} appears twice")
-            seen.add(key)
-            rows.append({"id": key, "group": row.get("group"), "label": float(label)})
+    for lineno, row in iter_jsonl_lines(path):
+        if not isinstance(row, dict) or "id" not in row or "label" not in row:
+            raise DataError(f'{path}:{lineno}: each line needs "id" and "label" (and "group" for set labels)')
+        label = row["label"]
+        if isinstance(label, bool) or not isinstance(label, (int, float)) or not math.isfinite(label):
+            raise DataError(f"{path}:{lineno}: label must be a finite number, got {label!r}")
+        key = str(row["id"])
+        if key in seen:
+            raise DataError(f"{path}:{lineno}: id {key!r} appears twice")
+        seen.add(key)
+        rows.append({"id": key, "group": row.get("group"), "label": float(label)})
     if not rows:
         raise DataError(f"label file {path} has no rows")
     with_group = sum(r["group"] is not None for r in rows)
@@ -445,9 +123,6 @@ def align_labels(ids: Sequence[str], labels: Sequence[Mapping[str, Any]]) -> tup
     if unknown:
         logger.warning("%d of %d labelled ids are not in the data; ignored", unknown, len(labels))
     return y, groups
-
-
-# --------------------------------------------------------------------------------------------------- network
 
 
 def _build_network(n_scores: int, embedding_components: Sequence[int], d_model: int, n_heads: int, n_layers: int):
@@ -498,10 +173,7 @@ def _build_network(n_scores: int, embedding_components: Sequence[int], d_model: 
     return SelectorNetwork()
 
 
-# -------------------------------------------------------------------------------------------------- selector
-
-
-class LearnedSelector:
+class LearnedSelector(BaseEstimator):
     """Score samples by their predicted contribution to fine-tuning quality; keep the best ``budget``.
 
     ``score_samples`` returns one float per row in the units of the training labels (in set mode, the mean of
@@ -536,6 +208,8 @@ class LearnedSelector:
       and saved with the model; scores are standardised with pool statistics instead of upstream's ad hoc
       ``10 *`` scaling of reward and length.
     * Subsets of any size, per-row or set-level labels from a file, NaN handling, seeds, save/load.
+    * Order independence: fitting sees the rows in stable-hash order of their ``id``, so a permuted input gives
+      exactly the same selector (upstream's shuffles and splits follow the input order).
 
     Args:
         model: ``"attention"`` (the network) or ``"ridge"`` (linear baseline on the same features).
@@ -559,10 +233,11 @@ class LearnedSelector:
         num_threads: torch CPU threads while fitting and scoring (restored afterwards); the network is so
             small that more threads mostly add synchronisation, and on a busy machine oversubscription makes
             training several times slower. None leaves torch's setting alone.
-        random_state: seed for the split, the initialisation and the batch order.
+        random_state: int seed for the split, the initialisation and the batch order (None reads as 0, as
+            everywhere in vlselect); the same seed on the same data gives the same scores.
 
     Attributes:
-        recipe_: the fitted :class:`FeatureRecipe`.
+        feature_spec_: the fitted :class:`~selector.features.FeatureSpec`.
         network_: the trained torch module (``model="attention"``).
         coef_, intercept_, alpha_: ridge coefficients over the flat features, intercept and chosen penalty
             (``model="ridge"``).
@@ -627,29 +302,14 @@ class LearnedSelector:
         self.num_threads = num_threads
         self.random_state = random_state
 
-    # -- scikit-learn protocol -------------------------------------------------------------------------
-
-    _PARAMS = (
-        "model", "budget", "score_columns", "embedding_columns", "n_components", "clip_std", "d_model", "n_heads",
-        "n_layers", "max_epochs", "patience", "batch_size", "learning_rate", "weight_decay",
-        "validation_fraction", "alphas", "device", "num_threads", "random_state",
-    )  # fmt: skip
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._PARAMS}
-
     def set_params(self, **params: Any) -> LearnedSelector:
-        for name, value in params.items():
-            if name not in self._PARAMS:
-                raise ConfigError(f"unknown LearnedSelector parameter {name!r}")
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self) -> str:
-        changed = {k: v for k, v in self.get_params().items() if v != type(self)().get_params()[k]}
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
-
-    # -- fitting -----------------------------------------------------------------------------------------
+        """scikit-learn's ``set_params``; an unknown name is a :class:`ConfigError` (a ``ValueError``)."""
+        try:
+            return super().set_params(**params)
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     def _validate_params(self) -> None:
         if self.model not in MODELS:
@@ -664,13 +324,16 @@ class LearnedSelector:
             raise ConfigError("max_epochs, batch_size and patience must be >= 1")
         if not self.clip_std > 0:
             raise ConfigError(f"clip_std must be > 0, got {self.clip_std}")
+        check_seed(self.random_state)
+        if self.budget is not None:
+            parse_budget(self.budget)
 
     def fit(self, X: Any, y: Sequence[float], groups: Sequence[Any] | None = None) -> LearnedSelector:
-        """Fit the feature recipe on every usable row of ``X`` and the model on the labelled rows.
+        """Fit the feature spec on every usable row of ``X`` and the model on the labelled rows.
 
         Args:
             X: the scored pool (``datasets.Dataset``, DataFrame or mapping of columns).
-            y: one label per row of ``X``; NaN marks an unlabelled row (it still counts for the recipe).
+            y: one label per row of ``X``; NaN marks an unlabelled row (it still shapes the features).
                 Higher means better.
             groups: None for per-row labels; else one group key per row (None for unlabelled rows), and the
                 label must be the same on every row of a group (set-level labels).
@@ -683,7 +346,7 @@ class LearnedSelector:
             DataError: lengths differ, no labelled usable row, labels constant, or a group's label varies.
         """
         self._validate_params()
-        table = _Table(X)
+        table = FeatureTable(X)
         y = np.asarray(y, dtype=np.float64).ravel()
         if len(y) != len(table):
             raise DataError(f"y has {len(y)} values for {len(table)} rows")
@@ -691,11 +354,13 @@ class LearnedSelector:
             groups = np.asarray([None if g is None else str(g) for g in groups], dtype=object)
             if len(groups) != len(table):
                 raise DataError(f"groups has {len(groups)} values for {len(table)} rows")
-        errors = table.errors()
-        pool = np.flatnonzero(~errors)
+        # Every step that depends on row order (statistics, PCA, the split, ridge folds, batch order) sees the
+        # rows in stable-hash order of their ids, so a permuted input gives exactly the same selector.
+        pool = np.flatnonzero(~table.error_mask())
+        pool = pool[hash_order(table.ids()[pool])]
         if pool.size == 0:
             raise DataError("every row has `error` set; nothing to fit on")
-        recipe = FeatureRecipe.fit(
+        spec = FeatureSpec.fit(
             table,
             score_columns=self.score_columns,
             embedding_columns=self.embedding_columns,
@@ -703,14 +368,14 @@ class LearnedSelector:
             clip_std=self.clip_std,
             rows=pool,
         )
-        scores, embeddings, usable = recipe.transform(table)
+        scores, embeddings, usable = spec.transform(table)
         labelled = usable & np.isfinite(y)
         if groups is not None:
             labelled &= np.array([g is not None for g in groups])
         n_skipped = int((np.isfinite(y) & ~usable).sum())
         if n_skipped:
             logger.warning("%d labelled rows have `error` set or no feature; left out of training", n_skipped)
-        rows = np.flatnonzero(labelled)
+        rows = pool[labelled[pool]]
         if rows.size < 2:
             raise DataError(f"need at least 2 labelled usable rows, got {rows.size}")
 
@@ -732,13 +397,13 @@ class LearnedSelector:
         self.label_std_ = float(unit_labels.std())
         if not self.label_std_ > 0:
             raise DataError("all labels are equal; there is nothing to learn")
-        self.recipe_ = recipe
-        self.n_features_in_ = len(recipe.columns)
+        self.feature_spec_ = spec
+        self.n_features_in_ = len(spec.columns)
         self.n_train_rows_ = int(rows.size)
         self.n_units_ = int(len(unit_labels))
         z = (unit_labels - self.label_mean_) / self.label_std_
-        # one seed for the split, the ridge folds, the initialisation and the batch order; None = fresh entropy.
-        seed = int(np.random.SeedSequence(self.random_state).generate_state(1)[0])
+        # one seed for the split, the ridge folds, the initialisation and the batch order.
+        seed = int(np.random.SeedSequence(check_seed(self.random_state)).generate_state(1)[0])
         train_units, val_units = self._split(len(unit_labels), seed)
         if self.model == "ridge":
             flat = np.concatenate([scores, *embeddings], axis=1).astype(np.float64)[rows]
@@ -754,7 +419,7 @@ class LearnedSelector:
         return self
 
     def _split(self, n_units: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        n_val = int(round(n_units * self.validation_fraction))
+        n_val = resolve_budget(self.validation_fraction, n_units) if self.validation_fraction > 0 else 0
         if n_units < 5 or n_val < 1:
             if self.validation_fraction > 0:
                 logger.warning("only %d labelled units: no held-out split, the last epoch is kept", n_units)
@@ -797,7 +462,7 @@ class LearnedSelector:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             network = _build_network(
-                feats[0].shape[1], self.recipe_.n_components, self.d_model, self.n_heads, self.n_layers
+                feats[0].shape[1], self.feature_spec_.n_components, self.d_model, self.n_heads, self.n_layers
             ).to(device)
         scores = torch.as_tensor(feats[0], device=device)
         embeddings = [torch.as_tensor(e, device=device) for e in feats[1]]
@@ -861,10 +526,8 @@ class LearnedSelector:
         self.history_ = history
         self.validation_ = _validation(evaluate(val_units)[1], z[val_units]) if has_val else _validation(None, None)
 
-    # -- scoring ----------------------------------------------------------------------------------------
-
     def _check_fitted(self) -> None:
-        if not hasattr(self, "recipe_"):
+        if not hasattr(self, "feature_spec_"):
             raise VLSelectError("this LearnedSelector is not fitted; call fit() or from_pretrained() first")
 
     def score_samples(self, X: Any, *, batch_size: int = 8192) -> np.ndarray:
@@ -878,15 +541,15 @@ class LearnedSelector:
             DataError: ``X`` lacks a column the selector was trained on (the message lists them all).
         """
         self._check_fitted()
-        table = _Table(X)
+        table = FeatureTable(X)
         out = np.full(len(table), np.nan)
         if self.model == "ridge":
-            flat, usable = self.recipe_.flat(table)
+            flat, usable = self.feature_spec_.flat(table)
             out[usable] = flat[usable] @ self.coef_ + self.intercept_
             return out
         import torch
 
-        scores, embeddings, usable = self.recipe_.transform(table)
+        scores, embeddings, usable = self.feature_spec_.transform(table)
         rows = np.flatnonzero(usable)
         device = next(self.network_.parameters()).device
         pieces = []
@@ -902,18 +565,20 @@ class LearnedSelector:
         return out
 
     def predict(self, X: Any) -> np.ndarray:
-        """Boolean mask of the ``budget`` best rows by :meth:`score_samples` (ties by ``id``, NaN never)."""
-        scores = self.score_samples(X)
-        return top_budget(scores, _Table(X).ids(), self.budget)
+        """Boolean mask of the ``budget`` best rows by :meth:`score_samples` (ties by ``id``, NaN never).
 
-    # -- persistence ------------------------------------------------------------------------------------
+        ``budget`` follows the row rules of :func:`selector.rows.resolve_budget` (a fraction of the rows of
+        ``X`` rounds half up).
+        """
+        scores = self.score_samples(X)
+        return top_budget(scores, FeatureTable(X).ids(), self.budget)
 
     def _config(self) -> dict[str, Any]:
         from selector import __version__
 
         params = self.get_params()
-        params["score_columns"] = list(self.recipe_.score_columns)
-        params["embedding_columns"] = list(self.recipe_.embedding_columns)
+        params["score_columns"] = list(self.feature_spec_.score_columns)
+        params["embedding_columns"] = list(self.feature_spec_.embedding_columns)
         params["alphas"] = None if self.alphas is None else [float(a) for a in self.alphas]
         fitted = {
             "mode": self.mode_,
@@ -934,9 +599,9 @@ class LearnedSelector:
             "format_version": FORMAT_VERSION,
             "vlselect_version": __version__,
             "params": params,
-            "recipe": self.recipe_.to_json(),
-            "metrics": self.recipe_.metrics,
-            "required_columns": self.recipe_.columns,
+            "feature_spec": self.feature_spec_.to_json(),
+            "metrics": self.feature_spec_.metrics,
+            "required_columns": self.feature_spec_.columns,
             "fitted": fitted,
         }
 
@@ -950,21 +615,23 @@ class LearnedSelector:
         Returns:
             The folder's path.
         """
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
+
+        from selector.card import model_card
 
         self._check_fitted()
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
-        tensors = self.recipe_.tensors()
+        tensors = self.feature_spec_.tensors()
         if self.model == "ridge":
             tensors["ridge.coef"] = np.asarray(self.coef_, dtype=np.float64)
         else:
             for name, value in self.network_.state_dict().items():
                 tensors[f"network.{name}"] = value.detach().cpu().numpy()
         config = self._config()
-        save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "vlselect-learned-selector"})
-        (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        (out / CARD_NAME).write_text(model_card(config, repo_id or str(out)), encoding="utf-8")
+        atomic_write_bytes(out / WEIGHTS_NAME, save(tensors, metadata={"format": "vlselect-learned-selector"}))
+        write_json(out / CONFIG_NAME, config)
+        atomic_write_text(out / CARD_NAME, model_card(config, repo_id or str(out)))
         return out
 
     @classmethod
@@ -992,11 +659,8 @@ class LearnedSelector:
         config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
         if not config_file.is_file() or not weights_file.is_file():
             raise VLSelectError(f"{name_or_path} is not a vlselect selector (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
-        try:
-            config = json.loads(config_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise VLSelectError(f"{config_file} is not valid JSON ({exc.msg})") from exc
-        if config.get("format") != "vlselect-learned-selector":
+        config = read_json(config_file)
+        if not isinstance(config, dict) or config.get("format") != "vlselect-learned-selector":
             raise VLSelectError(f"{config_file} is not a vlselect selector config")
         if int(config.get("format_version", 0)) > FORMAT_VERSION:
             raise VLSelectError(f"{name_or_path} was saved by a newer vlselect; upgrade vlselect to load it")
@@ -1004,8 +668,11 @@ class LearnedSelector:
         params = dict(config["params"])
         if device is not None:
             params["device"] = device
-        selector = cls(**{k: v for k, v in params.items() if k in cls._PARAMS})
-        selector.recipe_ = FeatureRecipe.from_json(config["recipe"], tensors)
+        accepted = set(cls().get_params(deep=False))
+        selector = cls(**{k: v for k, v in params.items() if k in accepted})
+        # format version 1 stored the feature spec under "recipe".
+        spec = config["feature_spec"] if "feature_spec" in config else config["recipe"]
+        selector.feature_spec_ = FeatureSpec.from_json(spec, tensors)
         fitted = config["fitted"]
         selector.mode_ = fitted["mode"]
         selector.label_mean_ = float(fitted["label_mean"])
@@ -1013,7 +680,7 @@ class LearnedSelector:
         selector.n_train_rows_ = int(fitted["n_train_rows"])
         selector.n_units_ = int(fitted["n_units"])
         selector.validation_ = fitted["validation"]
-        selector.n_features_in_ = len(selector.recipe_.columns)
+        selector.n_features_in_ = len(selector.feature_spec_.columns)
         if selector.model == "ridge":
             selector.coef_ = tensors["ridge.coef"]
             selector.alpha_ = float(fitted["alpha"])
@@ -1022,8 +689,8 @@ class LearnedSelector:
             import torch
 
             network = _build_network(
-                len(selector.recipe_.score_columns),
-                selector.recipe_.n_components,
+                len(selector.feature_spec_.score_columns),
+                selector.feature_spec_.n_components,
                 selector.d_model,
                 selector.n_heads,
                 selector.n_layers,
@@ -1072,33 +739,25 @@ class LearnedSelector:
         return str(getattr(info, "commit_url", info))
 
 
-# ----------------------------------------------------------------------------------------------------- helpers
-
-
 def top_budget(scores: np.ndarray, ids: Sequence[str], budget: int | float | None) -> np.ndarray:
     """Mask of the ``budget`` highest finite scores; ties broken by ascending ``id``; NaN never selected.
 
-    ``budget`` is an int count or a float fraction in (0, 1] of ``len(scores)``. With fewer finite scores
-    than the budget, every finite row is selected and a warning is logged.
+    ``budget`` is anything :func:`selector.rows.resolve_budget` reads: a count (``200``, ``200.0``), a fraction
+    in (0, 1] of ``len(scores)`` rounded half up, or a percent string. With fewer finite scores than the
+    budget, every finite row is selected and a warning is logged.
+
+    Raises:
+        ConfigError: ``budget`` is None, 0 or below, or not a budget.
     """
     n = len(scores)
     if budget is None:
         raise ConfigError("set budget (a row count, or a fraction in (0, 1]) to select rows")
-    if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)):
-        raise ConfigError(f"budget must be an int or a float fraction, got {budget!r}")
-    if isinstance(budget, (float, np.floating)):
-        if not 0.0 < budget <= 1.0:
-            raise ConfigError(f"a float budget is a fraction in (0, 1], got {budget}")
-        count = int(round(budget * n))
-    else:
-        if budget < 0:
-            raise ConfigError(f"budget must be >= 0, got {budget}")
-        count = int(budget)
+    count = resolve_budget(budget, n)
     finite = np.isfinite(scores)
     if count > finite.sum():
         logger.warning("budget %d exceeds the %d rows with a score; selecting all of them", count, finite.sum())
         count = int(finite.sum())
-    order = np.lexsort((np.asarray(ids, dtype=str), -np.where(finite, scores, -np.inf), ~finite))
+    order = np.lexsort((id_ranks(ids), -np.where(finite, scores, -np.inf), ~finite))
     mask = np.zeros(n, dtype=bool)
     mask[order[:count]] = True
     return mask
@@ -1176,68 +835,3 @@ def _download(repo_id: str, revision: str | None) -> Path:
     except (OSError, ValueError) as exc:
         # huggingface_hub raises OSError subclasses (offline, 404, gated) with a readable message.
         raise VLSelectError(f"could not load selector {repo_id!r} from the Hub: {exc}") from exc
-
-
-def model_card(config: Mapping[str, Any], name: str) -> str:
-    """Markdown model card (with Hub metadata) for a saved selector's ``config.json`` content.
-
-    ``name`` is the folder or Hub id the usage examples load the selector from.
-    """
-    params, recipe, fitted = config["params"], config["recipe"], config["fitted"]
-    val = fitted.get("validation") or {}
-    unit = "groups" if fitted["mode"] == "set" else "rows"
-    lines = [
-        "---",
-        "library_name: vlselect",
-        "tags:",
-        "- vlselect",
-        "- data-selection",
-        "- instructiongpt4",
-        "---",
-        "",
-        "# vlselect learned selector",
-        "",
-        f"A `{params['model']}` learned selector for vlselect, the InstructionGPT-4 "
-        "(arXiv 2308.12067) data selector: it predicts how much each vision-language instruction contributes "
-        "to the quality of a model fine-tuned on it, from the sample's metric scores and embeddings.",
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "from selector import LearnedSelector",
-        f'sel = LearnedSelector.from_pretrained("{name}")',
-        "scores = sel.score_samples(scored_dataset)  # higher = better, NaN = row with error / no features",
-        "```",
-        "",
-        "```bash",
-        f"vlselect select SCORED_DIR --strategy instructiongpt4 --selector {name} --budget 200 --out OUT",
-        "```",
-        "",
-        "## Inputs (run `vlselect score` with these metrics first)",
-        "",
-        "| column | kind | preprocessing |",
-        "|---|---|---|",
-    ]
-    for col, mean, std in zip(recipe["score_columns"], recipe["score_mean"], recipe["score_std"]):
-        lines.append(f"| `{col}` | score | (x - {mean:.4g}) / {std:.4g}, clipped to +-{recipe['clip_std']:g} |")
-    for col, dim, k in zip(recipe["embedding_columns"], recipe["embedding_dims"], recipe["n_components"]):
-        lines.append(f"| `{col}` | embedding ({dim}-d) | PCA to {k} whitened components fitted on the pool |")
-    lines += [
-        "",
-        "Missing values are replaced by the pool mean; rows with `error` set or no feature get NaN.",
-        "",
-        "## Training",
-        "",
-        f"- labels: {fitted['mode']}-level, {fitted['n_units']} {unit}, {fitted['n_train_rows']} rows; "
-        f"label mean {fitted['label_mean']:.4g}, std {fitted['label_std']:.4g}",
-        f"- held-out {unit}: {val.get('n', 0)}, Spearman {_fmt(val.get('spearman'))}",
-    ]
-    if params["model"] == "attention":
-        lines.append(
-            f"- network: d_model {params['d_model']}, {params['n_heads']} heads, {params['n_layers']} layers; "
-            f"best epoch {fitted['best_epoch']} of {fitted['n_epochs_run']}"
-        )
-    else:
-        lines.append(f"- ridge penalty alpha = {fitted['alpha']:g}")
-    lines += [f"- random_state: {params['random_state']}; vlselect {config['vlselect_version']}", ""]
-    return "\n".join(lines)

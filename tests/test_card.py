@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from selector.card import build_card, redact
+from selector.card import build_card, cluster_table, license_metadata, redact
 from selector.cli import main
-from selector.errors import DataError
+from selector.errors import ConfigError, DataError
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "selector", "example_data", "llava_mini.json")
 
@@ -53,7 +53,8 @@ def test_card_never_writes_secrets(selected, tmp_path):
 def test_card_cli_and_publish_dry_run(selected, tmp_path, capsys):
     out = tmp_path / "card.md"
     assert main(["card", selected, "--out", str(out)]) == 0
-    assert out.read_text().startswith("---\npretty_name:")
+    text = out.read_text()
+    assert text.startswith("---\n") and "\npretty_name: " in text.split("---\n")[1]
     assert main(["publish", selected, "me/example", "--dry-run"]) == 0
     assert os.path.exists(os.path.join(selected, "README.md"))
     assert "nothing pushed" in capsys.readouterr().out
@@ -68,3 +69,60 @@ def test_publish_offline_fails_with_one_line(selected, capsys):
 def test_card_of_a_folder_that_is_not_a_selection(tmp_path):
     with pytest.raises(DataError, match="not a `vlselect select` output"):
         build_card(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--license", "other: see source"], {"license": "other", "license_name": "see-source"}),
+        (["--license", "other"], {"license": "other", "license_name": "same-as-source"}),
+        (
+            ["--license", "other", "--license-name", "LLaVA Terms", "--license-link", "https://example.org/terms"],
+            {"license": "other", "license_name": "llava-terms", "license_link": "https://example.org/terms"},
+        ),
+        (["--license", "CC-BY-4.0"], {"license": "cc-by-4.0"}),
+    ],
+)
+def test_card_licence_metadata_parses_back(selected, tmp_path, args, expected):
+    from huggingface_hub import DatasetCard
+
+    out = tmp_path / "card.md"
+    assert main(["card", selected, "--out", str(out), *args]) == 0
+    data = DatasetCard.load(out).data.to_dict()
+    assert {k: data.get(k) for k in expected} == expected
+    if expected["license"] != "other":
+        assert "license_name" not in data
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"license": "see source"}, "not a Hub licence id"),
+        ({"license": ""}, "not a Hub licence id"),
+        ({"license": "mit", "license_name": "x"}, "go with --license other"),
+    ],
+)
+def test_bad_licence_is_a_config_error(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        license_metadata(**kwargs)
+
+
+def test_missing_clusters_are_not_counted(selected, tmp_path):
+    """Cluster -1 / None / NaN in a manifest (rows without an embedding) is not a cluster of the card."""
+    import shutil
+
+    copy = tmp_path / "selected"
+    shutil.copytree(selected, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["clusters"] = {
+        "0": {"rows": 30, "selected": 6},
+        "1": {"rows": 20, "selected": 6},
+        "-1": {"rows": 7, "selected": 0},
+        "None": {"rows": 1, "selected": 0},
+        "nan": {"rows": 1, "selected": 0},
+    }
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    card = build_card(str(copy))
+    assert "2 clusters (rows without a cluster are not counted)." in card
+    assert "| 0 | 30 | 6 |" in card and "| 1 | 20 | 6 |" in card and "| -1 |" not in card and "| nan |" not in card
+    assert [row[0] for row in cluster_table(manifest["clusters"])] == ["0", "1"]

@@ -392,3 +392,40 @@ def test_worker_threads_do_not_outlive_a_batch(fresh, tmp_path):
     assert not [t for t in threading.enumerate() if t.name.startswith("ThreadPoolExecutor")]
     judge.close()
     assert math.isfinite(float(judge.score_batch(_batch(GOOD))["score_judge"][0]))  # reopens after close
+
+
+def test_flat_keys_route_to_the_backend_options(tmp_path, caplog):
+    from metrics.judge_backends import HFOptions, OpenAIOptions
+
+    judge = get_metric("judge", base_url="http://127.0.0.1:9/v1", timeout=5, cache_dir=str(tmp_path))
+    assert judge.openai_options == OpenAIOptions(base_url="http://127.0.0.1:9/v1", timeout=5)
+    assert judge.hf_options == HFOptions()
+    params = judge.get_params()
+    assert params["timeout"] == 5 and "gguf_file" not in params  # only this backend's options (and changed ones)
+    assert Judge(**params) == judge
+    with pytest.raises(ConfigError, match="no parameter.*colour.*backend options are: base_url"):
+        get_metric("judge", colour="red")
+    ignored = Judge(cache_dir=str(tmp_path), batch_size=4, prompt="rubric5")
+    assert ignored.get_params()["batch_size"] == 4  # kept, so the configuration round-trips
+    with caplog.at_level(logging.WARNING):
+        ignored._validate()
+    assert "batch_size is an option of the hf backend; ignored with backend='openai'" in caplog.text
+
+
+def test_cache_keys_are_stable_across_versions(tmp_path):
+    """The cache key formula is a file format: existing caches must keep answering after a refactor."""
+    batch = _batch([("What is it?", "A cat.")])
+    judge = Judge(model="m", temperature=0.5, extra_body={"seed": 1}, cache_dir=str(tmp_path))
+    assert judge._prepare(batch)[0][1] == "db5f62b216fc25eda2f3b6d837ed7fd3006828f8c7afce76246692e43add37b3"
+
+
+def test_missing_httpx_fails_at_construction(monkeypatch):
+    import importlib.util
+
+    from selector.errors import MissingDependencyError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "httpx" else real(name, *a))
+    with pytest.raises(MissingDependencyError, match=r"Install vlselect\[judge\] to use the openai judge backend"):
+        get_metric("judge", base_url="http://127.0.0.1:9/v1")
+    assert get_metric("judge", backend="hf").backend == "hf"  # the hf backend does not need httpx

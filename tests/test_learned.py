@@ -11,7 +11,8 @@ import pytest
 from scipy.stats import spearmanr
 
 from selector.errors import ConfigError, DataError, VLSelectError
-from selector.learned import LearnedSelector, _Table, align_labels, read_labels, top_budget
+from selector.features import FeatureTable
+from selector.learned import LearnedSelector, align_labels, read_labels, top_budget
 
 # bounded epochs: enough to converge on these pools (best epochs ~20-30), so the suite stays fast on a busy machine.
 FAST = {"max_epochs": 60, "patience": 15, "batch_size": 8}
@@ -185,15 +186,15 @@ def test_fit_leaves_out_error_rows_and_unlabelled_rows_shape_the_recipe():
     sel = LearnedSelector(model="ridge").fit(ds, y)
     assert sel.n_train_rows_ == 199
     pool_mean = np.nanmean(np.delete(ds["score_m0"], 0).astype(np.float64))
-    assert sel.recipe_.score_mean[0] == pytest.approx(pool_mean, rel=1e-6)
+    assert sel.feature_spec_.score_mean[0] == pytest.approx(pool_mean, rel=1e-6)
 
 
-def test_pca_recipe_is_whitened_and_saved_order(trained):
+def test_pca_features_are_whitened_and_saved_order(trained):
     ds, net, _ = trained
-    recipe = net.recipe_
-    assert recipe.embedding_columns == ["emb_img", "emb_txt"] and recipe.n_components == [6, 6]
-    assert recipe.score_columns == ["score_m0", "score_m1", "score_m2", "score_m3"]
-    scores, embeddings, usable = recipe.transform(_Table(ds))
+    spec = net.feature_spec_
+    assert spec.embedding_columns == ["emb_img", "emb_txt"] and spec.n_components == [6, 6]
+    assert spec.score_columns == ["score_m0", "score_m1", "score_m2", "score_m3"]
+    scores, embeddings, usable = spec.transform(FeatureTable(ds))
     assert usable.all()
     assert np.allclose(scores.std(0), 1.0, atol=0.02) and np.allclose(scores.mean(0), 0.0, atol=0.02)
     for emb in embeddings:
@@ -213,26 +214,52 @@ def test_same_seed_same_scores_other_seed_differs():
     assert not np.allclose(a, c)
 
 
+def test_permuted_pool_gives_the_same_network():
+    ds, quality = make_pool(150, seed=5)
+    groups = kmeans_groups(ds, 10)
+    y = set_labels(quality, groups)
+    params = {"max_epochs": 4, "patience": 4}
+    a = LearnedSelector(**params).fit(ds, y, groups=groups).score_samples(ds)
+    perm = np.random.default_rng(0).permutation(len(ds))
+    shuffled = ds.select(perm)
+    b = LearnedSelector(**params).fit(shuffled, y[perm], groups=np.asarray(groups)[perm]).score_samples(shuffled)
+    np.testing.assert_allclose(b, a[perm], rtol=0, atol=1e-6)
+
+
 def test_predict_budget_ties_and_errors():
     scores = np.array([1.0, 3.0, 3.0, np.nan, 2.0])
     ids = ["e", "d", "c", "b", "a"]
     assert top_budget(scores, ids, 1).tolist() == [False, False, True, False, False]  # tie -> smaller id
     assert top_budget(scores, ids, 0.6).tolist() == [False, True, True, False, True]
+    assert top_budget(scores, ids, 0.5).sum() == 3  # the shared rule: a fraction rounds half up (2.5 -> 3)
+    assert top_budget(scores, ids, "40%").sum() == top_budget(scores, ids, 2.0).sum() == 2
     assert top_budget(scores, ids, 10).sum() == 4  # NaN never, budget capped with a warning
-    for bad in (None, 1.5, -1, "3", True):
+    for bad in (None, 1.5, -1, 0, "three", True):
         with pytest.raises(ConfigError):
             top_budget(scores, ids, bad)
 
 
 def test_estimator_protocol():
-    from sklearn.base import clone
+    import inspect
+
+    from sklearn.base import BaseEstimator, clone
 
     sel = LearnedSelector()
+    assert isinstance(sel, BaseEstimator)
     assert sel.get_params()["model"] == "attention" and repr(sel) == "LearnedSelector()"
+    # get_params comes from the signature: every constructor argument, nothing listed by hand.
+    assert set(sel.get_params()) == set(inspect.signature(LearnedSelector).parameters)
     other = clone(LearnedSelector(model="ridge", budget=5))
-    assert other.get_params()["budget"] == 5 and not hasattr(other, "recipe_")
-    with pytest.raises(ConfigError):
+    assert other.get_params()["budget"] == 5 and not hasattr(other, "feature_spec_")
+    assert other.set_params(budget=7) is other and other.budget == 7
+    with pytest.raises(ConfigError, match="n_estimators"):
         sel.set_params(n_estimators=3)
+    X, quality = make_pool(60, seed=0, as_dataset=False)
+    fitted = LearnedSelector(model="ridge")
+    assert fitted.fit(X, quality) is fitted
+    refit = clone(fitted).fit(X, quality)
+    np.testing.assert_array_equal(refit.score_samples(X), fitted.score_samples(X))
+    assert not [k for k in vars(clone(fitted)) if k.endswith("_")]  # fitted state does not survive clone
     with pytest.raises(VLSelectError, match="not fitted"):
         sel.score_samples({"score_a": [1.0]})
 
@@ -244,6 +271,8 @@ def test_estimator_protocol():
         ({"n_heads": 3}, "must divide"),
         ({"validation_fraction": 1.0}, "validation_fraction"),
         ({"n_components": 0}, "n_components"),
+        ({"budget": 0}, "budget: must be above 0"),
+        ({"random_state": "seed"}, "random_state must be an int"),
     ],
 )
 def test_invalid_parameters(params, message):
@@ -288,14 +317,43 @@ def test_save_load_identical_scores(trained, tmp_path, which):
     config = json.loads((path / "config.json").read_text())
     assert config["metrics"] == ["m0", "m1", "m2", "m3", "img", "txt"]
     assert config["required_columns"] == ["score_m0", "score_m1", "score_m2", "score_m3", "emb_img", "emb_txt"]
-    assert config["recipe"]["n_components"] == [6, 6] and "pca" not in config["recipe"]
+    assert config["feature_spec"]["n_components"] == [6, 6] and "pca" not in config["feature_spec"]
     loaded = LearnedSelector.from_pretrained(str(path))
     np.testing.assert_array_equal(loaded.score_samples(ds), sel.score_samples(ds))
-    assert loaded.score_columns == config["recipe"]["score_columns"]  # the resolved columns, not None
+    assert loaded.score_columns == config["feature_spec"]["score_columns"]  # the resolved columns, not None
     same = ("model", "n_components", "d_model", "n_heads", "n_layers", "random_state", "alphas")
     assert {k: loaded.get_params()[k] for k in same} == {k: sel.get_params()[k] for k in same}
     card = (path / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: vlselect") and "`score_m0`" in card and "`emb_img`" in card
+
+
+def test_format_version_1_folders_still_load(trained, tmp_path):
+    """Version 1 stored the feature spec under "recipe"; folders saved then load and score the same."""
+    ds, _, ridge = trained
+    path = ridge.save_pretrained(tmp_path / "sel")
+    config = json.loads((path / "config.json").read_text())
+    config["recipe"] = config.pop("feature_spec")
+    config["format_version"] = 1
+    (path / "config.json").write_text(json.dumps(config))
+    np.testing.assert_array_equal(LearnedSelector.from_pretrained(path).score_samples(ds), ridge.score_samples(ds))
+
+
+def test_model_card_is_a_valid_hub_card(trained, tmp_path):
+    from huggingface_hub import ModelCard
+
+    _, net, _ = trained
+    card = ModelCard.load(net.save_pretrained(tmp_path / "sel", repo_id="me/sel") / "README.md")
+    assert card.data.library_name == "vlselect" and "instructiongpt4" in card.data.tags
+    assert "| `emb_img` | embedding (16-d) | PCA to 6 whitened components fitted on the pool |" in card.text
+    assert 'LearnedSelector.from_pretrained("me/sel")' in card.text and "best epoch" in card.text
+
+
+def test_empty_error_string_means_usable():
+    """The shared row rule: error None, NaN or "" is usable; anything else is not."""
+    X, quality = make_pool(60, seed=0, as_dataset=False)
+    X["error"] = [None, float("nan"), "", "corrupt_image: x"] + [None] * 56
+    scores = LearnedSelector(model="ridge").fit(X, quality).score_samples(X)
+    assert np.isfinite(scores[:3]).all() and np.isnan(scores[3])
 
 
 def test_loading_on_data_without_its_metrics_names_them(trained, tmp_path):
@@ -315,7 +373,7 @@ def test_from_pretrained_errors(tmp_path):
         LearnedSelector.from_pretrained(tmp_path)  # a folder without the files
     (tmp_path / "config.json").write_text("{not json")
     (tmp_path / "model.safetensors").write_bytes(b"")
-    with pytest.raises(VLSelectError, match="not valid JSON"):
+    with pytest.raises(VLSelectError, match="invalid JSON"):
         LearnedSelector.from_pretrained(tmp_path)
     # not a folder: a Hub id; the tests run with HF_HUB_OFFLINE=1, so this must fail cleanly, not download.
     with pytest.raises(VLSelectError, match="could not load selector"):
@@ -382,7 +440,8 @@ def test_read_and_align_labels(tmp_path, caplog):
 @pytest.mark.parametrize(
     "rows, message",
     [
-        (['{"id": "a", "label": 1}', "{oops"], ":2: not valid JSON"),
+        (['{"id": "a", "label": 1}', "", "{oops"], "invalid JSON on line 3"),
+        (['{"id": "a", "label": 1}', "", '{"id": "b"}'], ':3: each line needs "id" and "label"'),
         ([{"id": "a"}], 'needs "id" and "label"'),
         ([{"id": "a", "label": "high"}], "finite number"),
         (['{"id": "a", "label": NaN}'], "finite number"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import pickle
 from types import SimpleNamespace
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from metrics import base, registry
-from metrics.base import DatasetMetric, Metric, ModelMetric, is_dataset_metric, is_row_metric
+from metrics.base import DatasetMetric, Metric, ModelMetric, Requirement, is_dataset_metric, is_row_metric
 from metrics.length import LengthMetric
 from metrics.registry import available_metrics, get_metric, metrics_from_config
 from selector.errors import ConfigError, MissingDependencyError
@@ -185,3 +186,53 @@ def test_helpers():
     assert base.error_mask({"id": ["a"]}).tolist() == [False]
     assert base.resolved_revision("/") is None
     assert base.resolved_revision("nobody/not-cached-model") is None
+
+
+def test_requirements_are_declared_once_and_checked_before_init(monkeypatch):
+    import importlib.util
+
+    calls = []
+
+    class Needs(ModelMetric):
+        requires = (
+            Requirement("numpy", "the needs metric"),
+            Requirement("not_a_module_xyz", "fancy mode", extra="fancy", when=lambda args: args["mode"] == "fancy"),
+        )
+
+        def __init__(self, name="needs", mode="plain", **extra):
+            calls.append(mode)
+            self.name = name
+            self.mode = mode
+
+    class Child(Needs):
+        requires = (*Needs.requires, Requirement("also_missing_xyz", "the child metric", pip="also-missing"))
+
+        def __init__(self, name="child", mode="plain"):
+            super().__init__(name=name, mode=mode)
+
+    assert Needs().mode == "plain" and calls == ["plain"]
+    with pytest.raises(MissingDependencyError, match=r"Install vlselect\[fancy\] to use fancy mode"):
+        Needs(mode="fancy")
+    assert calls == ["plain"]  # the constructor body never ran
+    with pytest.raises(MissingDependencyError, match="the child metric needs also-missing: pip install also-missing"):
+        Child()
+    assert calls == ["plain"]
+    with pytest.raises(TypeError):
+        Needs(1, 2, 3)  # a bad call is the usual TypeError, not a requirement error
+    assert list(inspect.signature(Needs).parameters) == ["name", "mode", "extra"]
+    blob = pickle.dumps(get_metric("clip"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    assert pickle.loads(blob).name == "clip"  # unpickling (a worker process) checks nothing
+
+
+def test_model_metrics_declare_their_packages():
+    from metrics.clip import ClipScore
+    from metrics.embedding import EmbeddingMetric
+    from metrics.judge import Judge
+    from metrics.reward import RewardScore
+
+    for cls in (ClipScore, RewardScore, EmbeddingMetric):
+        assert {r.module for r in cls.requires} >= {"torch", "transformers"}
+    assert {r.module for r in Judge.requires} == {"httpx", "gguf"}
+    source = "".join(inspect.getsource(cls.__init__) for cls in (ClipScore, RewardScore, EmbeddingMetric, Judge))
+    assert "require" not in source  # declared in `requires`, not checked by hand in the constructors

@@ -6,8 +6,24 @@ import argparse
 
 
 def add_card_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--license", default="other", help="licence id for the card (inherit the source's)")
+    parser.add_argument(
+        "--license", default="other", help="Hub licence id for the card (inherit the source's; default other)"
+    )
+    parser.add_argument(
+        "--license-name", default=None, help="with --license other: the licence's name (default same-as-source)"
+    )
+    parser.add_argument("--license-link", default=None, help="with --license other: URL or file of the licence")
     parser.add_argument("--source-dataset", default=None, help="Hub id or description of the source pool")
+
+
+def card_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`selector.card.build_card` that :func:`add_card_options` collects."""
+    return {
+        "license": args.license,
+        "license_name": args.license_name,
+        "license_link": args.license_link,
+        "source_dataset": args.source_dataset,
+    }
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -28,8 +44,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from selector.card import write_card
 
-    path = write_card(
-        args.selected_dir, args.out, pretty_name=args.name, license=args.license, source_dataset=args.source_dataset
-    )
+    path = write_card(args.selected_dir, args.out, pretty_name=args.name, **card_options(args))
     print(f"wrote {path}")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from selector.commands.card import add_card_options
+from selector.commands.card import add_card_options, card_options
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -30,13 +30,9 @@ def run(args: argparse.Namespace) -> int:
     from selector.card import publish, write_card
 
     if args.dry_run:
-        path = write_card(
-            args.selected_dir, license=args.license, source_dataset=args.source_dataset, repo_id=args.repo_id
-        )
+        path = write_card(args.selected_dir, repo_id=args.repo_id, **card_options(args))
         print(f"dry run: wrote {path}; nothing pushed to {args.repo_id}")
         return 0
-    url = publish(
-        args.selected_dir, args.repo_id, private=args.private, license=args.license, source_dataset=args.source_dataset
-    )
+    url = publish(args.selected_dir, args.repo_id, private=args.private, **card_options(args))
     print(f"published {url}")
     return 0

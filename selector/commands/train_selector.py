@@ -2,7 +2,7 @@
 
 SCORED_DIR is a folder written by ``vlselect score``; FILE is JSONL ``{"id", "group", "label"}`` (the schema
 ``vlselect labels`` writes): with ``group`` on every row the labels are set-level (one quality number per
-subset), without it they are per row. The feature recipe (standardisation, PCA) is fitted on every usable row
+subset), without it they are per row. The features (standardisation, PCA) are fitted on every usable row
 of SCORED_DIR, labelled or not. DIR receives ``config.json``, ``model.safetensors`` and a ``README.md`` model
 card; ``vlselect select --strategy instructiongpt4 --selector DIR`` ranks with it.
 """
@@ -18,7 +18,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="train a learned selector (InstructionGPT-4 network or ridge) on set-level or per-row labels",
         description="Fit a LearnedSelector on SCORED_DIR (written by `vlselect score`) with the labels in FILE "
         '(JSONL {"id", "group", "label"}; higher = better) and save it to DIR (config.json, model.safetensors, '
-        "README.md). Rows with `error` set are left out; unlabelled rows still shape the feature recipe.",
+        "README.md). Rows with `error` set are left out; unlabelled rows still shape the features.",
     )
     parser.add_argument("scored_dir", metavar="SCORED_DIR", help="save_to_disk folder written by `vlselect score`")
     parser.add_argument("--labels", required=True, metavar="FILE", help='JSONL rows {"id", "group", "label"}')
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         f"trained {args.model} selector on {selector.n_train_rows_} rows, {selector.n_units_} {unit} "
         f"({selector.mode_}-level labels); {held}"
     )
-    print(f"features: {', '.join(selector.recipe_.columns)}")
+    print(f"features: {', '.join(selector.feature_spec_.columns)}")
     print(f"wrote {out}")
     if args.push_to_hub:
         url = selector.push_to_hub(args.push_to_hub, private=args.private or None)

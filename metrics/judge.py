@@ -86,8 +86,10 @@ class Judge(ModelMetric):
         name: instance name, the column prefix.
         backend: ``"openai"`` or ``"hf"``.
         model: API model name (``openai``) or Hub id / folder (``hf``); None picks :data:`DEFAULT_MODELS`.
-        prompt: ``"instructiongpt4"`` (0-100), ``"rubric5"`` (1-5), a pinned version (``"rubric5@v1"``) or
-            a YAML file path (see :mod:`metrics.judge_prompts`).
+        prompt: ``"vlselect_quality"`` (0-100, the default: vlselect's curation wording, formerly
+            ``instructiongpt4@v1``), ``"instructiongpt4"`` (0-100, the upstream InstructionGPT-4 wording),
+            ``"rubric5"`` (1-5), a pinned version (``"rubric5@v1"``) or a YAML file path (see
+            :mod:`metrics.judge_prompts`).
         max_tokens: most tokens the judge may write per answer.
         cache: reuse and store answers in the SQLite cache.
         cache_dir: cache folder; default ``$VLSELECT_CACHE`` or ``$XDG_CACHE_HOME/vlselect`` or
@@ -125,7 +127,7 @@ class Judge(ModelMetric):
         name: str = "judge",
         backend: str = "openai",
         model: str | None = None,
-        prompt: str = "instructiongpt4",
+        prompt: str = "vlselect_quality",
         max_tokens: int = 256,
         cache: bool = True,
         cache_dir: str | None = None,

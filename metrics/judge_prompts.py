@@ -40,7 +40,7 @@ class JudgePrompt:
     """One versioned prompt: templates, rating scale and answer pattern.
 
     Attributes:
-        name: prompt family (``"instructiongpt4"``, ``"rubric5"``).
+        name: prompt family (``"instructiongpt4"``, ``"vlselect_quality"``, ``"rubric5"``).
         version: integer version; ``key`` is ``"<name>@v<version>"``.
         system: system message.
         user: user message template with ``{instruction}``, ``{response}`` and ``{image_note}``.
@@ -71,11 +71,16 @@ class JudgePrompt:
         return f"{self.name}@v{self.version}"
 
     def render(self, instruction: str, response: str, *, image_attached: bool = False) -> list[dict[str, str]]:
-        """The chat messages (system, user) for one sample; the image itself is added by the backend."""
+        """The chat messages (system, user) for one sample; the image itself is added by the backend.
+
+        A prompt with an empty ``system`` (the upstream InstructionGPT-4 wording is one user message) renders the
+        user message alone.
+        """
         note = self.image_attached if image_attached else self.image_absent
         # format_map on the template only: braces inside the instruction or answer are inserted verbatim.
         user = self.user.format_map({"instruction": instruction, "response": response, "image_note": note})
-        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+        system = [{"role": "system", "content": self.system}] if self.system.strip() else []
+        return system + [{"role": "user", "content": user}]
 
     def parse(self, text: str | None) -> tuple[float, str | None]:
         """Strictly parse a judge's answer.

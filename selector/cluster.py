@@ -417,9 +417,12 @@ def _spherical_lloyd(X: np.ndarray, centers: np.ndarray, max_iter: int, tol: flo
 def cluster_centers(X: np.ndarray, labels: np.ndarray, n_clusters: int, *, spherical: bool = True) -> np.ndarray:
     """Centroids of given labels: the mean of each cluster's rows (L2-normalised when ``spherical``).
 
-    Used when clusters come from a column (``cluster_<name>``) rather than from :class:`KMeans`. A label with no
-    rows gets a zero centroid.
+    Used when clusters come from a column (``cluster_<name>``) rather than from :class:`KMeans`. With
+    ``spherical`` the rows are L2-normalised before averaging, as spherical k-means and SemDeDup's reference code
+    do, so a row's norm never weighs on its cluster's centroid. A label with no rows gets a zero centroid.
     """
+    if spherical:
+        X = l2_normalize(np.asarray(X), copy=False)
     sums = cluster_sums(X, labels, n_clusters)
     counts = np.bincount(labels, minlength=n_clusters).astype(np.float64)
     centers = sums / np.maximum(counts, 1.0)[:, None]

@@ -1,9 +1,10 @@
 """Coreset scores and greedy coreset selection; arrays in, arrays out.
 
 Training-dynamics scores read the columns of ``dynamics.parquet`` (:mod:`selector.dynamics`; one row per
-``(id, epoch)``: ``loss``, ``correct``, ``el2n``, ``grad_norm``, optional ``curvature``):
+``(id, epoch)``: ``loss``, ``accuracy``, ``correct``, ``el2n``, ``grad_norm``, optional ``curvature``):
 
-- :func:`forgetting_scores` (Toneva et al., ICLR 2019): number of learned -> forgotten transitions.
+- :func:`forgetting_scores` (Toneva et al., ICLR 2019): number of learned -> forgotten transitions, "learned"
+  meaning at least ``accuracy_threshold`` (default 0.5) of the answer tokens argmax-correct.
 - :func:`el2n_scores`, :func:`grand_scores` (Paul et al., NeurIPS 2021): mean error-vector / gradient norm over
   the early epochs.
 - :func:`curvature_scores` (Garg & Roy, CVPR 2023): mean input loss curvature.
@@ -29,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from selector.dynamics import read_dynamics  # noqa: F401  (re-exported: the old import path keeps working)
-from selector.errors import DataError
+from selector.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -51,21 +52,43 @@ def _group(ids, epochs, values):
     return unique, starts, epochs, values
 
 
-def forgetting_events(ids: Sequence, epochs: Sequence, correct: Sequence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Count forgetting events per id: epoch t correct and epoch t+1 (the next recorded epoch) incorrect.
+#: default share of answer tokens that must be argmax-correct for a sample to count as learned at an epoch.
+DEFAULT_ACCURACY_THRESHOLD = 0.5
+
+
+def _learned_flags(values, threshold: float) -> np.ndarray:
+    """``value >= threshold`` for token accuracies (bools read as 1.0 / 0.0); None/NaN count as not learned."""
+    if not 0.0 < threshold <= 1.0:
+        raise ConfigError(f"accuracy_threshold must be in (0, 1], got {threshold!r}")
+    acc = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    return np.nan_to_num(acc, nan=-1.0) >= threshold
+
+
+def forgetting_events(
+    ids: Sequence, epochs: Sequence, correct: Sequence, *, threshold: float = DEFAULT_ACCURACY_THRESHOLD
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Count forgetting events per id: learned at epoch t and not learned at t+1 (the next recorded epoch).
+
+    Toneva et al. classify images, where "learned" is "predicted correctly". An answer of many tokens is almost
+    never right at every token, so requiring that (the rule before issue 15) left every long-answer sample
+    "never learned" and all scores tied. Here a sample is learned at an epoch when the share of its answer
+    tokens that are argmax-correct (the ``accuracy`` column) is at least ``threshold``.
 
     Args:
         ids: row ids, one per (id, epoch) record.
         epochs: epoch of each record; records of one id are ordered by it (gaps, e.g. from dynamic pruning,
             compare consecutive *recorded* epochs).
-        correct: whether every answer token was argmax-correct at that record. NaN/None counts as incorrect.
+        correct: per record, the token accuracy in [0, 1] (the ``accuracy`` column) or a bool (the older
+            all-tokens ``correct`` column, read as 1.0 / 0.0). NaN/None counts as not learned.
+        threshold: token accuracy at or above which a sample counts as learned, in (0, 1]; default 0.5 (most of
+            the answer right). 1.0 is the all-tokens rule.
 
     Returns:
         ``(unique_ids, events, learned)``: sorted unique ids, int64 event counts (>= 0), and whether the id was
-        ever correct.
+        ever learned.
     """
     unique, starts, _, values = _group(ids, epochs, correct)
-    flags = np.array([bool(v) if v is not None and v == v else False for v in values], dtype=bool)
+    flags = _learned_flags(values, threshold)
     bounds = np.append(starts, len(flags))
     events = np.zeros(len(unique), dtype=np.int64)
     learned = np.zeros(len(unique), dtype=bool)
@@ -76,8 +99,11 @@ def forgetting_events(ids: Sequence, epochs: Sequence, correct: Sequence) -> tup
     return unique, events, learned
 
 
-def forgetting_scores(ids: Sequence, epochs: Sequence, correct: Sequence) -> tuple[np.ndarray, np.ndarray]:
-    """Forgetting score per id: its number of learned -> forgotten transitions.
+def forgetting_scores(
+    ids: Sequence, epochs: Sequence, correct: Sequence, *, threshold: float = DEFAULT_ACCURACY_THRESHOLD
+) -> tuple[np.ndarray, np.ndarray]:
+    """Forgetting score per id: its number of learned -> forgotten transitions (see :func:`forgetting_events`
+    for ``correct`` and ``threshold``).
 
     Range ``[0, max_events + 1]``; higher = more forgettable (keep these). Ids never learned are the most
     forgettable (Toneva et al. treat them as forgotten infinitely often): they get ``max_events + 1``, one more
@@ -86,7 +112,7 @@ def forgetting_scores(ids: Sequence, epochs: Sequence, correct: Sequence) -> tup
     Returns:
         ``(unique_ids, scores)`` with float64 scores.
     """
-    unique, events, learned = forgetting_events(ids, epochs, correct)
+    unique, events, learned = forgetting_events(ids, epochs, correct, threshold=threshold)
     scores = events.astype(np.float64)
     top = float(events[learned].max()) if learned.any() else 0.0
     scores[~learned] = top + 1.0
@@ -127,7 +153,10 @@ def grand_scores(ids: Sequence, epochs: Sequence, grad_norm: Sequence, *, max_ep
     """GraNd per id: mean over epochs ``<= max_epoch`` of the per-example loss-gradient norm.
 
     Range ``[0, inf)``; higher = more important (keep these). NaN when nothing was recorded (the recipe records
-    ``grad_norm`` only with ``dynamics_grad_norm: true``).
+    ``grad_norm`` only with ``dynamics_grad_norm: true``). Paul et al. take the norm of the gradient w.r.t. all
+    weights; the recorded value is the gradient w.r.t. the output embedding (``lm_head``) only, in closed form
+    from the error vectors (per-parameter gradients of a multi-billion-parameter model per example are out of
+    reach), the same last-layer restriction EL2N's derivation rests on.
 
     Returns:
         ``(unique_ids, scores)``.
@@ -147,16 +176,24 @@ def curvature_scores(ids: Sequence, epochs: Sequence, curvature: Sequence, *, ma
     return _mean_over_epochs(ids, epochs, curvature, max_epoch, "curvature")
 
 
-def unforgettable_order(ids: Sequence, epochs: Sequence, correct: Sequence, loss: Sequence) -> np.ndarray:
+def unforgettable_order(
+    ids: Sequence,
+    epochs: Sequence,
+    correct: Sequence,
+    loss: Sequence,
+    *,
+    threshold: float = DEFAULT_ACCURACY_THRESHOLD,
+) -> np.ndarray:
     """Unique ids ordered most unforgettable first (used by dynamic pruning).
 
-    Order: fewest forgetting events, then correct at the last record, then lowest last loss, then id.
+    Order: never-learned last, then fewest forgetting events, then learned at the last record, then lowest last
+    loss, then id. ``correct`` and ``threshold`` as in :func:`forgetting_events`.
     """
-    unique, events, learned = forgetting_events(ids, epochs, correct)
+    unique, events, learned = forgetting_events(ids, epochs, correct, threshold=threshold)
     _, starts, _, last_correct = _group(ids, epochs, correct)
     _, _, _, losses = _group(ids, epochs, loss)
     ends = np.append(starts[1:], len(last_correct)) - 1
-    last_ok = np.array([bool(v) if v is not None and v == v else False for v in last_correct[ends]])
+    last_ok = _learned_flags(last_correct[ends], threshold)
     last_loss = np.asarray(losses[ends], dtype=np.float64)
     last_loss = np.where(np.isnan(last_loss), np.inf, last_loss)
     never = (~learned).astype(np.int64)
@@ -270,17 +307,59 @@ DYNAMICS_SCORES = {
 }
 
 
-def dynamics_scores(table: dict[str, np.ndarray], score: str, *, max_epoch: int | None = None):
+#: dynamics column -> the training option that records it (columns that are off by default).
+RECORDING_OPTIONS = {"grad_norm": "dynamics_grad_norm", "curvature": "dynamics_curvature"}
+
+
+def dynamics_scores(
+    table: dict[str, np.ndarray],
+    score: str,
+    *,
+    max_epoch: int | None = None,
+    accuracy_threshold: float = DEFAULT_ACCURACY_THRESHOLD,
+):
     """One named score (``forgetting``, ``el2n``, ``grand``, ``curvature``) from a dynamics table.
+
+    ``forgetting`` reads the token-accuracy column ``accuracy`` with ``accuracy_threshold`` (see
+    :func:`forgetting_events`); a file written before that column existed falls back to the all-tokens
+    ``correct`` column, with a warning.
 
     Returns:
         ``(unique_ids, scores)``; see the score's own function for range, direction and NaN.
+
+    Raises:
+        ConfigError: the score's column was not recorded (missing, or NaN in every row): the message names the
+            training option that records it.
+        DataError: an unknown score or another missing column.
     """
     if score not in DYNAMICS_SCORES:
         raise DataError(f"unknown dynamics score {score!r}; expected one of {', '.join(DYNAMICS_SCORES)}")
     column, fn, _ = DYNAMICS_SCORES[score]
+    if score == "forgetting":
+        if "accuracy" in table and not _all_missing(table["accuracy"]):
+            return fn(table["id"], table["epoch"], table["accuracy"], threshold=accuracy_threshold)
+        if "correct" not in table:
+            raise DataError(
+                "the dynamics table has neither an 'accuracy' nor a 'correct' column, needed for forgetting"
+            )
+        logger.warning(
+            "forgetting: the dynamics file has no token-accuracy column (written before it existed); a sample counts "
+            "as learned only when every answer token is right, which rarely happens on long answers"
+        )
+        return fn(table["id"], table["epoch"], table["correct"], threshold=1.0)
+    option = RECORDING_OPTIONS.get(column)
+    if option is not None and (column not in table or _all_missing(table[column])):
+        raise ConfigError(
+            f"strategy {score!r}: the dynamics file has no {column!r} values; record them by training with "
+            f"{option}: true (--{option} true)"
+        )
     if column not in table:
         raise DataError(f"the dynamics table has no {column!r} column, needed for {score}")
-    if score == "forgetting":
-        return fn(table["id"], table["epoch"], table[column])
     return fn(table["id"], table["epoch"], table[column], max_epoch=max_epoch)
+
+
+def _all_missing(values) -> bool:
+    values = np.asarray(values)
+    if values.dtype == object:
+        return all(v is None or (isinstance(v, float) and v != v) for v in values.tolist())
+    return bool(np.all(np.isnan(values.astype(np.float64)))) if values.size else True

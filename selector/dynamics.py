@@ -11,9 +11,11 @@ Columns (only ``id`` and ``epoch`` are required; a writer may leave any other on
 - ``step`` (int64): global optimizer step when the example was seen (-1 when only measured after the epoch).
 - ``loss`` (float32): mean cross-entropy over the example's answer tokens (>= 0, lower = fitted better).
 - ``correct`` (bool, nullable): every answer token's argmax equals the target; null when not measured.
+- ``accuracy`` (float32): share of the answer tokens whose argmax equals the target, in [0, 1]; higher = better
+  fitted. Forgetting events count on it (``accuracy >= threshold``, :func:`selector.coreset.forgetting_events`).
 - ``el2n`` (float32): mean over answer tokens of ``||softmax(logits) - onehot(target)||_2`` (0..sqrt(2)).
 - ``grad_norm`` (float32): norm of the loss gradient w.r.t. the output-embedding weights (>= 0).
-- ``curvature`` (float32): input loss curvature, finite-difference Hutchinson estimate (>= 0).
+- ``curvature`` (float32): input loss curvature, finite-difference Hutchinson estimate in fp32 (>= 0).
 - ``n_tokens`` (int64): answer tokens of the example; 0 makes every measured column NaN/null.
 
 NaN in a float column means "not measured" (the option was off, or the example had no answer token).
@@ -38,7 +40,7 @@ import numpy as np
 from selector.errors import DataError
 
 #: every column of the format, in file order
-COLUMNS = ("id", "epoch", "step", "loss", "correct", "el2n", "grad_norm", "curvature", "n_tokens")
+COLUMNS = ("id", "epoch", "step", "loss", "correct", "accuracy", "el2n", "grad_norm", "curvature", "n_tokens")
 REQUIRED = ("id", "epoch")
 #: column -> pyarrow type name (``pyarrow`` itself is imported only when a file is read or written)
 TYPES = {
@@ -47,6 +49,7 @@ TYPES = {
     "step": "int64",
     "loss": "float32",
     "correct": "bool_",
+    "accuracy": "float32",
     "el2n": "float32",
     "grad_norm": "float32",
     "curvature": "float32",

@@ -356,6 +356,14 @@ def semdedup(
     return SemDeDupResult(eps=eps_arr, max_similarity=max_sim, nearest=nearest, keep=keep, dup_of=dup_of)
 
 
+def capped_n_clusters(n_clusters: int, n_rows: int) -> int:
+    """``min(n_clusters, n_rows)``, with a warning when the cap applies: the clustering asked for can't exist
+    (nearly every row would be its own cluster), so the user should know the number was lowered."""
+    if int(n_clusters) > n_rows:
+        logger.warning("n_clusters=%d is larger than the %d rows to cluster; using %d", n_clusters, n_rows, n_rows)
+    return min(int(n_clusters), n_rows)
+
+
 def _fit_spherical_kmeans(estimator: SSLPrototypes | SemDeDup, X) -> tuple[np.ndarray, KMeans]:
     """Check ``estimator.keep`` and ``X``, then fit the spherical k-means both estimators start from.
 
@@ -366,7 +374,7 @@ def _fit_spherical_kmeans(estimator: SSLPrototypes | SemDeDup, X) -> tuple[np.nd
     X = validate_rows(X, estimator=estimator)
     k = estimator.n_clusters
     if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
-        k = min(int(k), X.shape[0])
+        k = capped_n_clusters(k, X.shape[0])
     kmeans = KMeans(k, spherical=True, backend=estimator.backend, random_state=estimator.random_state)
     return X, kmeans.fit(X)
 

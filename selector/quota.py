@@ -8,7 +8,8 @@ Arrays in, arrays out (numpy only). Every function returns an ``int64`` array ``
 - :func:`uniform_quota`: the same share for every cluster, water-filled where small clusters run out.
 - :func:`dbp_quota` (Density-Based Pruning, Abbas et al. 2024): weights ``softmax(d_intra * d_inter / T)``,
   the real-valued quota is the Euclidean projection of ``N * P`` onto
-  ``{x : sum(x) = N, floor_j <= x_j <= |C_j|}`` with ``floor_j = min(int(N / k * 0.5), |C_j|)``.
+  ``{x : sum(x) = N, floor_j <= x_j <= |C_j|}`` with ``floor_j = min(int(N / k * balance_ratio), |C_j|)``
+  (``balance_ratio`` = 0.5 by default, the official code's ``--cls-bal-ratio``).
 
 The projection (:func:`project_capped_simplex`) is exact and O(k log k): sorting the 2k breakpoints of the
 piecewise-linear function ``tau -> sum(clip(y - tau, lower, upper))``; no QP solver. Integer rounding
@@ -226,20 +227,29 @@ def dbp_weights(d_intra, d_inter, temperature: float = 0.5) -> np.ndarray:
     return w / w.sum()
 
 
-def dbp_quota(sizes, budget: int, *, d_intra, d_inter, temperature: float = 0.5) -> np.ndarray:
+def dbp_quota(
+    sizes, budget: int, *, d_intra, d_inter, temperature: float = 0.5, balance_ratio: float = 0.5
+) -> np.ndarray:
     """Density-Based Pruning quotas: project ``N * softmax(d_intra * d_inter / T)`` onto the capped simplex.
 
-    Bounds are ``floor_j = min(int(N / k * 0.5), |C_j|)`` and ``|C_j|``, with ``k`` the number of non-empty
-    clusters; the real-valued projection is rounded keeping the total (:func:`round_preserving_total`).
+    Bounds are ``floor_j = min(int(N / k * balance_ratio), |C_j|)`` and ``|C_j|``, with ``k`` the number of
+    non-empty clusters; ``balance_ratio=0`` keeps one row per cluster (``floor_j = 1``, or 0 when the budget is
+    below ``k``), as the official code's ``--cls-bal-ratio 0`` does. The real-valued projection is rounded keeping
+    the total (:func:`round_preserving_total`). The official code caps the floor at ``|C_j| - 1``; here a cluster
+    may be kept whole, so a one-row cluster is never forced to zero.
 
     Args:
         sizes: (k,) eligible rows per cluster. Empty clusters get 0 and are left out of ``k``.
         budget: rows to select ``N``; capped at ``sizes.sum()``.
         d_intra, d_inter, temperature: see :func:`dbp_weights`.
+        balance_ratio: class-balance ratio in [0, 1] (the official ``--cls-bal-ratio``, default 0.5): the share
+            of an equal split ``N / k`` every cluster is guaranteed.
 
     Returns:
         (k,) int64 quotas in ``[floor_j, |C_j|]`` summing to ``min(budget, sizes.sum())``.
     """
+    if isinstance(balance_ratio, bool) or not isinstance(balance_ratio, (int, float)) or not 0 <= balance_ratio <= 1:
+        raise ConfigError(f"balance_ratio must be a number in [0, 1], got {balance_ratio!r}")
     sizes = _sizes(sizes)
     total = _total(budget, sizes)
     d_intra = np.asarray(d_intra, dtype=np.float64)
@@ -252,7 +262,10 @@ def dbp_quota(sizes, budget: int, *, d_intra, d_inter, temperature: float = 0.5)
         return q
     s = sizes[nonempty]
     weights = dbp_weights(d_intra[nonempty], d_inter[nonempty], temperature)
-    floor = np.minimum(int(total / nonempty.size * 0.5), s)
+    if balance_ratio > 0:
+        floor = np.minimum(int(total / nonempty.size * balance_ratio), s)
+    else:
+        floor = np.minimum(1 if total >= nonempty.size else 0, s)
     x = project_capped_simplex(total * weights, floor, s, total)
     q[nonempty] = round_preserving_total(x, floor, s, total)
     return q

@@ -49,8 +49,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -283,6 +284,7 @@ def fit_clusters(
         there are no embeddings).
     """
     from selector.cluster import KMeans, cluster_centers
+    from selector.prototypes import capped_n_clusters
 
     if inp.clusters is not None:
         labels = inp.clusters
@@ -293,7 +295,7 @@ def fit_clusters(
         raise ConfigError(f"n_clusters must be a positive integer, got {n_clusters!r}")
     if inp.embeddings is None:
         raise ConfigError("clustering needs embeddings (embedding_column=) or clusters (cluster_column=)")
-    k = min(int(n_clusters), inp.n)
+    k = capped_n_clusters(n_clusters, inp.n)
     km = KMeans(k, spherical=True, backend=backend, random_state=inp.random_state).fit(inp.embeddings)
     return km.labels_, km.cluster_centers_
 
@@ -301,6 +303,7 @@ def fit_clusters(
 def spectral_clusters(inp: StrategyInput, n_clusters: int) -> np.ndarray:
     """(m,) int64 spectral clusters of ``inp.embeddings`` by cosine similarity (see :mod:`selector.spectral`)."""
     from selector.cluster import l2_normalize
+    from selector.prototypes import capped_n_clusters
     from selector.spectral import SpectralClustering
 
     if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) or n_clusters < 1:
@@ -309,7 +312,7 @@ def spectral_clusters(inp: StrategyInput, n_clusters: int) -> np.ndarray:
         raise ConfigError("clustering needs embeddings (embedding_column=) or clusters (cluster_column=)")
     # Unit rows under the Euclidean metric rank neighbours by cosine, and an all-zero row stays usable.
     X = l2_normalize(inp.embeddings)
-    sc = SpectralClustering(min(int(n_clusters), inp.n), random_state=inp.random_state)
+    sc = SpectralClustering(capped_n_clusters(n_clusters, inp.n), random_state=inp.random_state)
     return sc.fit_predict(X)
 
 
@@ -416,15 +419,24 @@ def dbp_strategy(
     eps: float | None = 0.01,
     temperature: float = 0.5,
     n_neighbors: int = 20,
+    balance_ratio: float = 0.5,
     keep: str = "hard",
     backend: str = "auto",
     block_size: int = 1 << 22,
 ) -> StrategyResult:
-    """Density-Based Pruning: SemDeDup at ``eps`` (None skips it), DBP quotas per cluster, keep hard rows.
+    """Density-Based Pruning (Abbas et al. 2024): SemDeDup at ``eps`` (None skips it), then the clustering is fitted
+    again on the rows that survive, then DBP quotas per cluster, keeping the ``keep`` rows of each cluster.
+
+    The order follows the paper and its official code (``amro-kamal/effective_pruning``): deduplicate first, then
+    cluster the survivors, because clusters fitted on all rows are "dominated by the duplicates" (a blob of
+    near-copies attracts many centroids and so gets many quotas). With a ``cluster_column`` the given labels are
+    kept and only their centroids are recomputed from the survivors. ``balance_ratio`` is the official
+    ``--cls-bal-ratio``: every cluster keeps at least ``int(budget / k * balance_ratio)`` rows.
 
     When deduplication leaves fewer rows than the budget, the least redundant duplicates fill the rest so the
-    budget is still met.
+    budget is still met. Duplicates report the cluster of the nearest re-fitted centroid.
     """
+    from selector.cluster import cluster_centers
     from selector.prototypes import (
         centroid_distance,
         cluster_complexity,
@@ -438,9 +450,6 @@ def dbp_strategy(
     if inp.n == 0:
         return StrategyResult(order=np.zeros(0, dtype=np.int64))
     labels, centers = fit_clusters(inp, n_clusters, backend=backend)
-    k = centers.shape[0]
-    distance = centroid_distance(inp.embeddings, centers, labels)
-    priority = keep_scores(distance, keep, inp.random_state)
     if eps is None:
         max_sim = np.full(inp.n, -np.inf, dtype=np.float32)
         nearest = np.full(inp.n, -1, dtype=np.int64)
@@ -448,18 +457,40 @@ def dbp_strategy(
     else:
         if not (isinstance(eps, (int, float)) and eps >= 0):
             raise ConfigError(f"eps must be a non-negative number or None, got {eps!r}")
+        dedup_priority = keep_scores(centroid_distance(inp.embeddings, centers, labels), keep, inp.random_state)
         max_sim, nearest = max_previous_similarity(
             inp.embeddings,
             labels,
-            keep_order(labels, priority, inp.tie_rank),
+            keep_order(labels, dedup_priority, inp.tie_rank),
             block_size=block_size,
             progress=inp.n >= _PROGRESS_ROWS,
         )
         dup = max_sim > np.float32(1.0 - eps)
     rows = np.flatnonzero(~dup)
+    if dup.any():
+        # Re-fit on the survivors (see the docstring); every row then belongs to the survivors' clustering.
+        if inp.clusters is not None:
+            k = int(inp.clusters.max()) + 1
+            centers = cluster_centers(inp.embeddings[rows], inp.clusters[rows], k)
+        else:
+            survivors = replace(inp, embeddings=inp.embeddings[rows], ids=inp.ids[rows], tie_rank=inp.tie_rank[rows])
+            survivor_labels, centers = fit_clusters(survivors, n_clusters, backend=backend)
+            labels = np.empty(inp.n, dtype=np.int64)
+            labels[rows] = survivor_labels
+            labels[dup] = nearest_center(inp.embeddings[dup], centers)
+    k = centers.shape[0]
+    distance = centroid_distance(inp.embeddings, centers, labels)
+    priority = keep_scores(distance, keep, inp.random_state)
     sizes = np.bincount(labels[rows], minlength=k)
     d_intra, d_inter = cluster_complexity(distance[rows], labels[rows], centers, n_neighbors=n_neighbors)
-    quota = dbp_quota(sizes, min(inp.budget, rows.size), d_intra=d_intra, d_inter=d_inter, temperature=temperature)
+    quota = dbp_quota(
+        sizes,
+        min(inp.budget, rows.size),
+        d_intra=d_intra,
+        d_inter=d_inter,
+        temperature=temperature,
+        balance_ratio=balance_ratio,
+    )
     sub_order, sub_rank = quota_order(labels[rows], priority[rows], quota, inp.tie_rank[rows])
     cluster_rank = np.full(inp.n, -1, dtype=np.int64)
     cluster_rank[rows] = sub_rank
@@ -468,6 +499,7 @@ def dbp_strategy(
     info = {
         "n_clusters": int(k),
         "n_duplicates": int(dups.size),
+        "reclustered_after_dedup": bool(dup.any()),
         "quota": quota.tolist(),
         "d_intra": np.round(d_intra, 6).tolist(),
         "d_inter": np.round(d_inter, 6).tolist(),
@@ -482,6 +514,15 @@ def dbp_strategy(
         score=priority,
         info=info,
     )
+
+
+def nearest_center(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """(n,) int64 index of the most cosine-similar centroid of each row of ``X``."""
+    from selector.cluster import l2_normalize
+
+    if X.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.argmax(l2_normalize(X) @ l2_normalize(centers).T, axis=1).astype(np.int64)
 
 
 @strategy(needs=("scores", "clusters|embeddings"))
@@ -518,58 +559,106 @@ def instructiongpt4_strategy(
 
 
 @strategy()
-def forgetting_strategy(inp: StrategyInput, *, dynamics: str | None = None, descending: bool | None = None):
+def forgetting_strategy(
+    inp: StrategyInput,
+    *,
+    dynamics: str | list[str] | None = None,
+    accuracy_threshold: float = 0.5,
+    descending: bool | None = None,
+):
     """Keep the most forgettable rows (Toneva et al.): most learned->forgotten transitions; never learned first.
 
-    Scores come from ``dynamics`` (a ``dynamics.parquet`` path) or, without it, from the precomputed scores
-    (``score_column=`` / ``scores=``) read as raw forgetting counts. ``descending=False`` keeps the least
-    forgettable instead. Rows without a record rank last.
+    A sample counts as learned at an epoch when at least ``accuracy_threshold`` of its answer tokens are
+    argmax-correct (default 0.5; 1.0 is the all-tokens rule, which on multi-sentence answers never fires and ties
+    every row). Scores come from ``dynamics`` (a ``dynamics.parquet`` path, or a list of paths of runs with
+    different seeds, averaged per row) or, without it, from the precomputed scores (``score_column=`` /
+    ``scores=``) read as raw forgetting counts. ``descending=False`` keeps the least forgettable instead. Rows
+    without a record rank last. When most rows tie, a warning says so (the id tie-break then decides).
     """
-    return _dynamics_strategy("forgetting", inp, dynamics, None, descending)
+    return _dynamics_strategy("forgetting", inp, dynamics, None, descending, accuracy_threshold=accuracy_threshold)
 
 
 @strategy()
 def el2n_strategy(
-    inp: StrategyInput, *, dynamics: str | None = None, max_epoch: int | None = None, descending: bool | None = None
+    inp: StrategyInput,
+    *,
+    dynamics: str | list[str] | None = None,
+    max_epoch: int | None = None,
+    descending: bool | None = None,
 ):
     """Keep the rows with the highest EL2N (Paul et al.) averaged over epochs ``<= max_epoch`` (early training).
 
-    Same inputs as :func:`forgetting_strategy`; precomputed scores are raw EL2N values.
+    Paul et al. score early in training and average over several initialisations: pass the ``dynamics.parquet``
+    of several runs with different seeds as a list and a small ``max_epoch``; each row's score is the mean over
+    the runs of its mean over the epochs. Same other inputs as :func:`forgetting_strategy`; precomputed scores
+    are raw EL2N values.
     """
     return _dynamics_strategy("el2n", inp, dynamics, max_epoch, descending)
 
 
 @strategy()
 def grand_strategy(
-    inp: StrategyInput, *, dynamics: str | None = None, max_epoch: int | None = None, descending: bool | None = None
+    inp: StrategyInput,
+    *,
+    dynamics: str | list[str] | None = None,
+    max_epoch: int | None = None,
+    descending: bool | None = None,
 ):
-    """Keep the rows with the largest GraNd (per-example gradient norm) over epochs ``<= max_epoch``."""
+    """Keep the rows with the largest GraNd (per-example gradient norm) over epochs ``<= max_epoch``.
+
+    Several seeds' runs as for :func:`el2n_strategy`. The recorded norm is of the gradient w.r.t. the output
+    embedding (``lm_head``) only, not all weights as in Paul et al. (see :func:`selector.coreset.grand_scores`).
+    """
     return _dynamics_strategy("grand", inp, dynamics, max_epoch, descending)
 
 
 @strategy()
 def curvature_strategy(
-    inp: StrategyInput, *, dynamics: str | None = None, max_epoch: int | None = None, descending: bool | None = None
+    inp: StrategyInput,
+    *,
+    dynamics: str | list[str] | None = None,
+    max_epoch: int | None = None,
+    descending: bool | None = None,
 ):
     """Keep the rows with the *lowest* input loss curvature (Garg & Roy); ``descending=True`` keeps the highest.
 
-    Same inputs as :func:`forgetting_strategy`; precomputed scores are raw curvature values (low = keep).
+    Same inputs as :func:`el2n_strategy`; precomputed scores are raw curvature values (low = keep). A dynamics
+    file recorded without ``dynamics_curvature: true`` is a ``ConfigError``.
     """
     return _dynamics_strategy("curvature", inp, dynamics, max_epoch, descending)
 
 
 def _dynamics_strategy(
-    score: str, inp: StrategyInput, dynamics: str | None, max_epoch: int | None, descending: bool | None
+    score: str,
+    inp: StrategyInput,
+    dynamics: str | list[str] | None,
+    max_epoch: int | None,
+    descending: bool | None,
+    *,
+    accuracy_threshold: float = 0.5,
 ) -> StrategyResult:
     from selector.coreset import DYNAMICS_SCORES, dynamics_scores
     from selector.dynamics import read_dynamics
 
     _, _, higher_keeps = DYNAMICS_SCORES[score]
+    n_runs = 0
     if dynamics is not None:
-        unique, values = dynamics_scores(read_dynamics(dynamics), score, max_epoch=max_epoch)
-        lookup = dict(zip(unique.tolist(), values.tolist()))
-        raw = np.array([lookup.get(str(i), np.nan) for i in inp.ids], dtype=np.float64)
-        n_missing = int(sum(str(i) not in lookup for i in inp.ids))
+        paths = [dynamics] if isinstance(dynamics, (str, os.PathLike)) else list(dynamics)
+        if not paths:
+            raise ConfigError(f"strategy {score!r}: dynamics= is an empty list")
+        per_run = []
+        for path in paths:
+            unique, values = dynamics_scores(
+                read_dynamics(path), score, max_epoch=max_epoch, accuracy_threshold=accuracy_threshold
+            )
+            lookup = dict(zip(unique.tolist(), values.tolist()))
+            per_run.append([lookup.get(str(i), np.nan) for i in inp.ids])
+        n_runs = len(paths)
+        runs = np.asarray(per_run, dtype=np.float64).reshape(n_runs, inp.n)
+        has = ~np.isnan(runs)
+        # mean over the runs that recorded the row (Paul et al. average scores over independent initialisations)
+        raw = np.where(has.any(0), np.nansum(runs, axis=0) / np.maximum(has.sum(0), 1), np.nan)
+        n_missing = int((~has.any(0)).sum())
         if n_missing:
             logger.warning("%s: %d of %d rows have no record in %s and rank last", score, n_missing, inp.n, dynamics)
     elif inp.scores is not None:
@@ -579,10 +668,36 @@ def _dynamics_strategy(
             f"strategy {score!r} needs dynamics='path/to/dynamics.parquet' (written by `vlselect labels` / the "
             f"fine-tuning recipe) or a precomputed score column (score_column= / scores=)"
         )
+    _warn_on_ties(score, raw)
     keep_high = higher_keeps if descending is None else bool(descending)
     order = rank_by_score(raw, inp.tie_rank, descending=keep_high)
-    info = {"dynamics": dynamics, "max_epoch": max_epoch, "direction": "high" if keep_high else "low"}
+    info = {
+        "dynamics": dynamics,
+        "n_runs": n_runs,
+        "max_epoch": max_epoch,
+        "direction": "high" if keep_high else "low",
+    }
+    if score == "forgetting":
+        info["accuracy_threshold"] = accuracy_threshold
     return StrategyResult(order=order, score=raw if keep_high else -raw, info=info)
+
+
+def _warn_on_ties(score: str, raw: np.ndarray) -> None:
+    """Warn when most rows share one score: the selection among them is then the id tie-break, not the score."""
+    finite = raw[np.isfinite(raw)]
+    if finite.size < 2:
+        return
+    values, counts = np.unique(finite, return_counts=True)
+    top = int(counts.argmax())
+    if counts[top] * 2 > finite.size:
+        logger.warning(
+            "%s: %d of %d rows tie at score %g; among them the lowest ids are picked, not the best rows%s",
+            score,
+            counts[top],
+            finite.size,
+            values[top],
+            " (lower accuracy_threshold, or train longer)" if score == "forgetting" else "",
+        )
 
 
 @strategy(needs=("embeddings",))

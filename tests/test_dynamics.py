@@ -20,6 +20,7 @@ def test_round_trip_keeps_types_nulls_and_nans(tmp_path):
         "step": [1, 1, -1],
         "loss": np.array([0.5, np.nan, 0.25]),
         "correct": np.array([True, None, False], dtype=object),
+        "accuracy": [1.0, np.nan, 0.5],
         "el2n": [0.1, 0.2, 0.3],
         "grad_norm": [np.nan, np.nan, np.nan],
         "curvature": [1.0, 2.0, 3.0],
@@ -45,7 +46,7 @@ def test_a_float_nan_correct_is_written_as_null(tmp_path):
     ("columns", "message"),
     [
         ({"id": ["a"]}, "missing epoch"),
-        ({"id": ["a"], "epoch": [0], "accuracy": [1.0]}, "unknown accuracy"),
+        ({"id": ["a"], "epoch": [0], "token_acc": [1.0]}, "unknown token_acc"),
         ({"id": ["a", "b"], "epoch": [0]}, "differ in length"),
         ({"id": ["a", "a"], "epoch": [0, 0]}, "more than one row"),
     ],

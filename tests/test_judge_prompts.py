@@ -13,10 +13,10 @@ from selector.errors import ConfigError
 
 
 def test_bundled_prompts_load_with_their_scales():
-    assert available_prompts() == {"instructiongpt4": [1], "rubric5": [1]}
+    assert available_prompts() == {"instructiongpt4": [1, 2], "rubric5": [1], "vlselect_quality": [1]}
     igpt = load_prompt("instructiongpt4")
     rubric = load_prompt("rubric5")
-    assert (igpt.key, igpt.score_min, igpt.score_max) == ("instructiongpt4@v1", 0.0, 100.0)
+    assert (igpt.key, igpt.score_min, igpt.score_max) == ("instructiongpt4@v2", 0.0, 100.0)
     assert (rubric.key, rubric.score_min, rubric.score_max) == ("rubric5@v1", 1.0, 5.0)
     assert rubric.rating_values() == [1, 2, 3, 4, 5]
     assert len(igpt.sha256) == 64 and igpt.sha256 != rubric.sha256
@@ -25,7 +25,7 @@ def test_bundled_prompts_load_with_their_scales():
 
 
 def test_render_declares_image_absent_or_attached_and_keeps_braces():
-    prompt = load_prompt("instructiongpt4")
+    prompt = load_prompt("vlselect_quality")
     absent = prompt.render("What is {x} in the image?", "It is {y}.", image_attached=False)
     attached = prompt.render("What is {x} in the image?", "It is {y}.", image_attached=True)
     assert [m["role"] for m in absent] == ["system", "user"]
@@ -94,7 +94,7 @@ def test_malformed_prompt_files_are_config_errors(tmp_path, edit, message):
     ],
 )
 def test_parse_accepts_the_expected_form(answer, expected):
-    assert load_prompt("instructiongpt4").parse(answer) == (expected, None)
+    assert load_prompt("vlselect_quality").parse(answer) == (expected, None)
 
 
 @pytest.mark.parametrize(
@@ -112,7 +112,7 @@ def test_parse_accepts_the_expected_form(answer, expected):
     ],
 )
 def test_parse_rejects_everything_else_as_nan(answer, reason):
-    score, why = load_prompt("instructiongpt4").parse(answer)
+    score, why = load_prompt("vlselect_quality").parse(answer)
     assert math.isnan(score)
     assert reason in why
 
@@ -133,7 +133,7 @@ _NOISE = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_
 @given(value=st.integers(0, 100), before=_NOISE, after=_NOISE)
 def test_parse_finds_the_score_whatever_text_surrounds_it(value, before, after):
     # Text without ':' or '=' can never form a second score line, so exactly the written value comes back.
-    prompt = load_prompt("instructiongpt4")
+    prompt = load_prompt("vlselect_quality")
     assert prompt.parse(f"{before}\nScore: {value}\n{after}") == (float(value), None)
 
 

@@ -218,17 +218,23 @@ def test_dynamic_pruning_rotates_unforgettable_examples(tiny_vlm, tmp_path):
         num_train_epochs=2,
         per_device_train_batch_size=4,
         prune_fraction=0.5,
+        prune_swap_fraction=0.5,
         dynamics_grad_norm=True,
         dynamics_curvature=True,
         save_model=False,
     )
     table = pq.read_table(result["dynamics_path"]).to_pydict()
     epochs = np.asarray(table["epoch"])
-    assert (epochs == 0).sum() == 4 and (epochs == 1).sum() == 2  # half the active set dropped after epoch 0
+    # half the rows removed at random before training; one of the two active rows swapped after epoch 0
+    assert (epochs == 0).sum() == 2 and (epochs == 1).sum() == 2
+    ids0 = {i for i, e in zip(table["id"], epochs) if e == 0}
+    ids1 = {i for i, e in zip(table["id"], epochs) if e == 1}
+    assert len(ids0 & ids1) == 1
     assert len(result["active_ids"]) == 2
     assert result["global_step"] == 2
     assert np.all(np.isfinite(table["grad_norm"])) and np.all(np.asarray(table["grad_norm"]) > 0)
     assert np.all(np.isfinite(table["curvature"])) and np.all(np.asarray(table["curvature"]) >= 0)
+    assert np.all((np.asarray(table["accuracy"]) >= 0) & (np.asarray(table["accuracy"]) <= 1))
 
 
 def test_lora_adapter_trains_and_reloads(tiny_vlm, color_data, tmp_path):
@@ -365,13 +371,15 @@ def test_prune_step_drops_unforgettable_and_restores_from_pool():
     for epoch in range(2):
         for i in range(4):
             rec.add(epoch, epoch + 1, [i], {"loss": [losses[i][epoch]], "correct": [pattern[i][epoch]]})
-    active, pool, dropped, restored = callbacks.prune_step([0, 1, 2, 3], [4, 5], rec, 0.5)
+    active, pool, dropped, restored = callbacks.prune_step([0, 1, 2, 3], [4, 5], rec, 2)
     assert dropped == [0, 3]  # zero forgetting events and correct now; a has the lower loss
-    assert restored == [4, 5]
+    assert sorted(restored) == [4, 5]
     assert active == [1, 2, 4, 5] and pool == [0, 3]
-    # nothing to restore: the active set shrinks
-    active, pool, dropped, restored = callbacks.prune_step([0, 1, 2, 3], [], rec, 0.25)
-    assert dropped == [0] and restored == [] and active == [1, 2, 3] and pool == [0]
+    # never more than the pool holds: the active set keeps its size
+    active, pool, dropped, restored = callbacks.prune_step([0, 1, 2, 3], [4], rec, 3)
+    assert dropped == [0] and restored == [4] and active == [1, 2, 3, 4] and pool == [0]
+    # nothing removed, nothing to swap
+    assert callbacks.prune_step([0, 1, 2, 3], [], rec, 2) == ([0, 1, 2, 3], [], [], [])
 
 
 def test_recorder_roundtrip(tmp_path):
@@ -567,11 +575,11 @@ def test_two_processes_data_parallel_on_cpu(tiny_vlm, color_data, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "ddp" / "train_results.json").read_text())
-    # 7 usable rows, 2 processes x batch 2: epoch 0 takes 2 steps, then 5 active rows take 2 more
+    # 7 usable rows, 2 removed at random before training; 2 processes x batch 2: 5 active rows take 2 steps/epoch
     assert result["global_step"] == 4
     table = pq.read_table(str(tmp_path / "ddp" / "dynamics.parquet")).to_pydict()
     epochs = np.asarray(table["epoch"])
-    assert (epochs == 0).sum() == 7 and (epochs == 1).sum() == 5
+    assert (epochs == 0).sum() == 5 and (epochs == 1).sum() == 5
     assert np.all(np.isfinite(table["curvature"]))
 
 

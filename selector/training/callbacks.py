@@ -7,13 +7,15 @@ record forgetting events):
 
 - ``loss``: mean cross-entropy over the example's answer tokens (>= 0).
 - ``correct``: every answer token's argmax equals the target.
+- ``accuracy``: share of answer tokens whose argmax equals the target (forgetting events count on it).
 - ``el2n``: mean over answer tokens of ``||softmax(logits) - onehot(target)||_2`` (0..sqrt(2)).
 - ``grad_norm``: Frobenius norm of the gradient of the example's loss w.r.t. the output-embedding (``lm_head``)
   weights, in closed form from the error vectors and the ``lm_head`` inputs (last-layer GraNd; NaN unless
   ``dynamics_grad_norm``).
 - ``curvature``: finite-difference Hutchinson estimate ``mean_v ||g(e + h v) - g(e)||^2 / h^2`` of the loss's
   curvature w.r.t. the language model's input embeddings ``e`` (image features and text tokens), Rademacher
-  ``v``; measured after each epoch with the model in eval mode (NaN unless ``dynamics_curvature``).
+  ``v``, as in Garg & Roy's code; measured after each epoch with the model in eval mode, in fp32 with autocast off
+  whatever the training precision (NaN unless ``dynamics_curvature``).
 - ``n_tokens`` (answer tokens; 0 makes every other column NaN), ``step`` (global optimizer step when seen).
 
 :mod:`selector.coreset` turns the table into forgetting / EL2N / GraNd / curvature scores.
@@ -43,8 +45,8 @@ def token_statistics(logits, labels, hidden=None, *, ignore_index: int = -100) -
     Returns:
         ``{"loss": scalar tensor (token-mean over the batch, differentiable), "example_loss": (B,) differentiable
         mean answer loss per example (0 where there is no answer token), "per_example": {name: float tensor
-        (B,)}}`` with ``loss``, ``correct``, ``el2n``, ``grad_norm``, ``n_tokens`` (NaN where an example has no
-        answer token; ``grad_norm`` NaN without ``hidden``).
+        (B,)}}`` with ``loss``, ``correct``, ``accuracy``, ``el2n``, ``grad_norm``, ``n_tokens`` (NaN where an
+        example has no answer token; ``grad_norm`` NaN without ``hidden``).
     """
     import torch
 
@@ -82,6 +84,7 @@ def token_statistics(logits, labels, hidden=None, *, ignore_index: int = -100) -
         per_example = {
             "loss": torch.where(empty, nan, per_loss),
             "correct": torch.where(empty, nan, (n_wrong == 0).float()),
+            "accuracy": torch.where(empty, nan, 1.0 - n_wrong / denom),
             "el2n": torch.where(empty, nan, el2n),
             "grad_norm": torch.where(empty, nan, grad_norm),
             "n_tokens": n_tokens.float(),
@@ -120,6 +123,13 @@ def _decoder(model):
 def curvature(model, batch: dict[str, Any], *, h: float = 1e-3, n_probes: int = 1, seed: int = 0):
     """Per-example input loss curvature (see module docstring); ``(B,)`` float tensor, NaN where not measurable.
 
+    Always computed in fp32 (fp64 for a float64 model) with autocast off, whatever the training precision: the
+    finite difference ``g(e + h v) - g(e)`` with ``h = 1e-3`` is below bf16's resolution (8 bits of mantissa), so
+    under bf16 autocast or with bf16 weights the scores are rounding noise (Spearman 0.46 / 0.62 against a
+    float64 reference on a tiny model, 0.99+ in fp32). Weights stored in a half type are upcast in place for the
+    measurement and cast back after it (exact: every half value is a float32 value); this costs a float32 copy of
+    those weights for the duration. An Accelerate-prepared model's autocast wrapper is bypassed too.
+
     Each example's loss depends only on its own inputs, so one backward pass of the summed per-example losses
     gives every example's input gradient at once.
     """
@@ -127,11 +137,17 @@ def curvature(model, batch: dict[str, Any], *, h: float = 1e-3, n_probes: int = 
 
     decoder = _decoder(model)
     labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "index")}
     nan = torch.full((labels.shape[0],), float("nan"))
     if decoder is None:
         logger.warning("curvature: %s has no get_decoder(); recording NaN", type(model).__name__)
         return nan
+    compute = torch.float64 if any(p.dtype == torch.float64 for p in model.parameters()) else torch.float32
+    inputs = {
+        k: (v.to(compute) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+        for k, v in batch.items()
+        if k not in ("labels", "index")
+    }
+    forward = _forward_without_autocast(model)
     state: dict[str, Any] = {}
 
     def pre_hook(module, args, kwargs):
@@ -147,18 +163,20 @@ def curvature(model, batch: dict[str, Any], *, h: float = 1e-3, n_probes: int = 
         return args, kwargs
 
     def grads():
-        out = model(**inputs)
+        out = forward(**inputs)
         if state.get("leaf") is None:
             return None
         per_loss = token_statistics(out.logits, labels)["example_loss"]
         (g,) = torch.autograd.grad(per_loss.sum(), state["leaf"])
-        return g.float()
+        return g.to(compute)
 
     handle = decoder.register_forward_pre_hook(pre_hook, with_kwargs=True)
     was_training = model.training
     model.eval()
+    device_type = labels.device.type
+    restore = _upcast(model, compute)
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), torch.autocast(device_type=device_type, enabled=False):
             state["v"] = None
             base = grads()
             if base is None:
@@ -166,7 +184,7 @@ def curvature(model, batch: dict[str, Any], *, h: float = 1e-3, n_probes: int = 
                 return nan
             generator = torch.Generator().manual_seed(seed)
             mask = batch.get("attention_mask")
-            total = torch.zeros(labels.shape[0], device=base.device)
+            total = torch.zeros(labels.shape[0], device=base.device, dtype=compute)
             for _ in range(n_probes):
                 v = torch.randint(0, 2, base.shape, generator=generator).to(base.device, base.dtype) * 2 - 1
                 if mask is not None and mask.shape == base.shape[:2]:
@@ -176,10 +194,37 @@ def curvature(model, batch: dict[str, Any], *, h: float = 1e-3, n_probes: int = 
                 total += (diff**2).flatten(1).sum(dim=1) / (h * h)
     finally:
         handle.remove()
+        restore()
         model.train(was_training)
-    result = (total / n_probes).cpu()
+    result = (total / n_probes).float().cpu()
     empty = (labels[:, 1:] != -100).sum(dim=1).cpu() == 0
     return torch.where(empty, nan, result)
+
+
+def _forward_without_autocast(model):
+    """``model``'s own forward, skipping an instance-level wrapper (Accelerate's mixed-precision ``forward``
+    enters autocast itself, which an outer ``autocast(enabled=False)`` cannot switch off)."""
+    if "forward" in vars(model):
+        return type(model).forward.__get__(model)
+    return model
+
+
+def _upcast(model, dtype):
+    """Cast floating parameters and buffers narrower than ``dtype`` to ``dtype`` in place (the Parameter objects,
+    and so the optimizer's references, stay the same); return a function that casts them back."""
+    import torch
+
+    changed = []
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.is_floating_point() and tensor.dtype not in (torch.float32, torch.float64, dtype):
+            changed.append((tensor, tensor.dtype))
+            tensor.data = tensor.data.to(dtype)
+
+    def restore():
+        for tensor, original in changed:
+            tensor.data = tensor.data.to(original)
+
+    return restore
 
 
 class DynamicsRecorder:
@@ -222,7 +267,7 @@ class DynamicsRecorder:
             out["id"].append(self.ids[index])
             out["epoch"].append(epoch)
             out["step"].append(rec.get("step", -1))
-            for name in ("loss", "el2n", "grad_norm", "curvature", "n_tokens"):
+            for name in ("loss", "accuracy", "el2n", "grad_norm", "curvature", "n_tokens"):
                 out[name].append(rec.get(name, nan))
             c = rec.get("correct", nan)
             out["correct"].append(None if c != c else bool(c))
@@ -232,6 +277,7 @@ class DynamicsRecorder:
             "step": np.asarray(out["step"], dtype=np.int64),
             "loss": np.asarray(out["loss"], dtype=np.float32),
             "correct": np.asarray(out["correct"], dtype=object),
+            "accuracy": np.asarray(out["accuracy"], dtype=np.float32),
             "el2n": np.asarray(out["el2n"], dtype=np.float32),
             "grad_norm": np.asarray(out["grad_norm"], dtype=np.float32),
             "curvature": np.asarray(out["curvature"], dtype=np.float32),
@@ -249,41 +295,75 @@ class DynamicsRecorder:
         for k, row_id in enumerate(table["id"].tolist()):
             if row_id not in position:
                 continue
-            rec = {name: float(table[name][k]) for name in ("loss", "el2n", "grad_norm", "curvature", "n_tokens")}
+            rec = {
+                name: float(table[name][k])
+                for name in ("loss", "accuracy", "el2n", "grad_norm", "curvature", "n_tokens")
+                if name in table
+            }
             c = table["correct"][k]
             rec["correct"] = float("nan") if c is None else float(bool(c))
             rec["step"] = int(table["step"][k])
             self.records[(position[row_id], int(table["epoch"][k]))] = rec
 
 
-def prune_step(
-    active: list[int], pool: list[int], recorder: DynamicsRecorder, fraction: float
-) -> tuple[list[int], list[int], list[int], list[int]]:
-    """One epoch boundary of dynamic pruning ("Peeling the Onion").
+def initial_removal(n_rows: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """The example level's first step ("Peeling the Onion", Kong et al. 2023): before training, a random
+    ``round(fraction * n_rows)`` rows go to the removed pool.
 
-    Drops the ``round(fraction * len(active))`` most unforgettable examples of the active set (fewest forgetting
-    events, correct now, lowest loss) and restores as many from the pruned pool, longest-pruned first; the dropped
-    ones join the end of the pool. The first call has an empty pool, so the active set shrinks once by the
-    fraction and then keeps its size while examples rotate through the pool.
+    Returns:
+        ``(active, pool)`` as sorted row indices (the pool in its random draw order).
+    """
+    rng = np.random.default_rng([seed, 0x0917])
+    order = rng.permutation(n_rows)
+    n_removed = int(round(fraction * n_rows))
+    return sorted(order[n_removed:].tolist()), order[:n_removed].tolist()
+
+
+def prune_step(
+    active: list[int],
+    pool: list[int],
+    recorder: DynamicsRecorder,
+    n_swap: int,
+    *,
+    accuracy_threshold: float = 0.5,
+    seed: int | list[int] = 0,
+) -> tuple[list[int], list[int], list[int], list[int]]:
+    """One epoch boundary of the example level of "Peeling the Onion" (official code ``ZLKong/Tri-Level-ViT``).
+
+    Drops the ``n_swap`` most unforgettable active examples (fewest forgetting events, learned now, lowest loss;
+    "learned" = token accuracy >= ``accuracy_threshold``) and puts back as many examples drawn at random (seeded)
+    from the removed pool, which the dropped ones then join; the active set keeps its size. At most
+    ``len(pool)`` are swapped. Active examples never recorded (e.g. not reached before a resume) are not
+    candidates for dropping.
 
     Returns:
         ``(new_active, new_pool, dropped, restored)`` as dataset row indices.
     """
-    k = int(round(fraction * len(active)))
+    k = min(int(n_swap), len(pool))
     if k <= 0 or not recorder.records:
         return list(active), list(pool), [], []
     cols = recorder.columns()
     active_ids = {recorder.ids[i] for i in active}
     keep = np.array([row_id in active_ids for row_id in cols["id"]], dtype=bool)
-    order = unforgettable_order(cols["id"][keep], cols["epoch"][keep], cols["correct"][keep], cols["loss"][keep])
+    has_accuracy = not np.all(np.isnan(cols["accuracy"][keep]))
+    learned = cols["accuracy"][keep] if has_accuracy else cols["correct"][keep]
+    order = unforgettable_order(
+        cols["id"][keep],
+        cols["epoch"][keep],
+        learned,
+        cols["loss"][keep],
+        threshold=accuracy_threshold if has_accuracy else 1.0,
+    )
     position = {row_id: i for i, row_id in enumerate(recorder.ids)}
-    # Active examples never recorded (e.g. not reached before a resume) are not candidates for dropping.
     dropped = [position[row_id] for row_id in order[:k]]
+    k = len(dropped)
     dropped_set = set(dropped)
-    restored = list(pool[: len(dropped)])
+    draw = np.random.default_rng(seed).permutation(len(pool))
+    restored = [pool[j] for j in draw[:k]]
+    restored_set = set(restored)
     new_active = sorted([i for i in active if i not in dropped_set] + restored)
-    new_pool = list(pool[len(restored) :]) + dropped
+    new_pool = [i for i in pool if i not in restored_set] + dropped
     return new_active, new_pool, dropped, restored
 
 
-__all__ = ["DynamicsRecorder", "LMHeadInputs", "curvature", "prune_step", "token_statistics"]
+__all__ = ["DynamicsRecorder", "LMHeadInputs", "curvature", "initial_removal", "prune_step", "token_statistics"]

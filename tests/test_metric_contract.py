@@ -10,6 +10,8 @@ Keys starting with ``_`` in a params dict are options of this test, not construc
 - ``_may_nan``: ids of rows (see ``metric_rows.ROW_KINDS``) where NaN is acceptable besides the rows the
   contract requires to be NaN, or ``"all"`` (e.g. a judge whose tiny model writes unparsable answers).
 - ``_atol``: tolerance for standalone == batch == ``Dataset.map`` (default 1e-5; batching pads inputs).
+- ``_image_columns``: for a metric that reads images for some columns only (``relevance`` with a CLIP model),
+  the columns that must be NaN on rows without a decodable image; the others are text columns.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ METRIC_PARAMS = {
     "reward": "reward_metric_params",
     "embedding": "embedding_metric_params",
     "judge": "judge_metric_params",
+    "relevance": "relevance_metric_params",
+    "perplexity": "perplexity_metric_params",
 }
 
 ALL_ROWS = "all"
@@ -57,12 +61,12 @@ def _rows_nan(values: np.ndarray) -> np.ndarray:
     return np.isnan(values) if values.ndim == 1 else np.isnan(values).all(axis=1)
 
 
-def _expected_nan(metric, ids: list[str]) -> tuple[set, set]:
-    """(rows that must be NaN, rows that may be NaN) from the metric's declared inputs."""
+def _expected_nan(metric, ids: list[str], column: str | None = None, image_columns=None) -> tuple[set, set]:
+    """(rows that must be NaN, rows that may be NaN) in ``column`` from the metric's declared inputs."""
     required = set(metric.required_columns())
     must = {"error-row"}
     may = {"no-answer"}  # a text metric reading the response has no input there; one reading the instruction has
-    if "image" in required:
+    if "image" in required and (image_columns is None or column in image_columns):
         must |= {"text-only", "corrupt"}
     return must, may
 
@@ -99,12 +103,12 @@ def test_row_metric_contract(name, request):
         prefix = "emb_" if metric.kind == "embedding" else "score_"
         assert metric.column() in out and metric.column().startswith(prefix + metric.name)
         assert set(out) <= set(metric.output_columns())
-        must, may = _expected_nan(metric, ids)
-        if options.get("_may_nan") == ALL_ROWS:
-            may = set(ids)
-        else:
-            may |= set(options.get("_may_nan", ()))
         for column, values in out.items():
+            must, may = _expected_nan(metric, ids, column, options.get("_image_columns"))
+            if options.get("_may_nan") == ALL_ROWS:
+                may = set(ids)
+            else:
+                may |= set(options.get("_may_nan", ()))
             assert isinstance(values, np.ndarray) and values.dtype == np.float32, column
             assert values.shape[0] == n and values.ndim == (
                 2 if metric.kind == "embedding" and column == metric.column() else 1

@@ -41,6 +41,8 @@ from selector.runs import read_manifest
 logger = logging.getLogger(__name__)
 
 CARD = "README.md"
+#: The HTML report beside the card (:mod:`selector.report` writes it); the card links to it when present.
+REPORT = "report.html"
 #: ``license_name`` written with ``license: other`` when the user gives none.
 DEFAULT_LICENSE_NAME = "same-as-source"
 # Keys whose values are credentials. `api_key_env` (the *name* of a variable) or `image_token_mismatch` are not.
@@ -81,12 +83,47 @@ Columns: `id`, `image` (original bytes), `images` (all images of multi-image row
 (`role`/`content` turns, `<image>` marks an image), `error` (always empty here: rows with errors are never \
 selected), `source`, and the score columns the selection used (`score_*`, `emb_*`, `cluster_*`).
 
+{%- if report %}
+
+## Report
+
+[`{{ report }}`]({{ report }}) shows the selection: score distributions of kept vs rejected rows, a map of the \
+embedding by cluster, per-cluster quotas and an image gallery with each row's reason. It is one self-contained \
+HTML file (no network requests): download it and open it in a browser.
+{%- endif %}
+
 ## How it was selected
 {{ table(["setting", "value"], settings) }}
 {%- if reasons %}
 
 Every row of the pool got a reason (selected or why not):
 {{ table(["reason", "rows"], reasons) }}
+{%- endif %}
+{%- if stages.quality %}
+
+### Quality score
+
+{{ stages.quality.text }}
+{%- if stages.quality.rows %}
+{{ table(["column", "weight", "better", "NaN rows"], stages.quality.rows) }}
+{%- endif %}
+{%- endif %}
+{%- if stages.filters %}
+
+### Filters
+
+Hard rules a kept row satisfies (NaN fails `min` and `max`): {{ stages.filters.n_filtered }} of \
+{{ stages.filters.n_eligible }} eligible rows failed at least one and were never selected (reason \
+`filter:<rule>`, naming the first rule failed; a row failing several rules counts under each).
+{{ table(["rule", "rows failing", "reason names it"], stages.filters.rows) }}
+{%- endif %}
+{%- if stages.dedup %}
+
+### Near-duplicates
+
+SemDeDup on {{ stages.dedup.columns }} before the strategy: of {{ stages.dedup.n_compared }} rows compared, \
+{{ stages.dedup.n_duplicates }} had a cosine similarity above {{ stages.dedup.threshold }} to a row kept before them \
+(kept: the best by {{ stages.dedup.keep_by }}) and were removed (reason `dedup:dup_of=<id> cos=...`).
 {%- endif %}
 {%- if sources %}
 
@@ -126,6 +163,16 @@ Errors in the pool by kind: `{{ errors_by_kind }}`.
 
 ## Subset statistics
 {{ table(["rows", "with image", "multi-image", "text-only"], [stats]) }}
+{%- if decontamination %}
+
+## Decontamination
+
+The pool was checked against evaluation sets by `vlselect decontaminate` (text n-gram overlap with the \
+evaluation questions, exact and perceptual-hash image matches{{ decontamination.embedding }}): \
+{{ decontamination.n_matched }} of {{ decontamination.n_rows }} rows matched an evaluation sample \
+(`check_contaminated_by`); {{ decontamination.in_subset }}.
+{{ table(["evaluation set", "source", "rows matched", "by kind"], decontamination.rows) }}
+{%- endif %}
 {%- if versions %}
 
 ## Reproducibility
@@ -282,6 +329,74 @@ def cluster_table(clusters: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
     return rows
 
 
+def decontamination_summary(manifests: list[Mapping[str, Any]], subset) -> dict[str, Any] | None:
+    """What the card says about decontamination: the first ``decontamination`` report among ``manifests``, and
+    how many rows of the subset still carry a match (None when no manifest has a report)."""
+    report = next((m["decontamination"] for m in manifests if isinstance(m.get("decontamination"), dict)), None)
+    if report is None:
+        return None
+    if "check_contaminated_by" in subset.column_names:
+        n_left = sum(value is not None for value in subset["check_contaminated_by"])
+        in_subset = f"{n_left} of them are in this subset" if n_left else "none of them is in this subset"
+    else:
+        in_subset = "the subset no longer has the column, so how many of them it holds is not recorded"
+    rows = [
+        [
+            f"`{name}`",
+            f"`{entry.get('source')}`",
+            entry.get("n_matched"),
+            ", ".join(f"{kind} {n}" for kind, n in (entry.get("by_kind") or {}).items() if n) or "-",
+        ]
+        for name, entry in (report.get("against") or {}).items()
+    ]
+    column = (report.get("settings") or {}).get("embedding_column")
+    return {
+        "n_matched": report.get("n_matched"),
+        "n_rows": report.get("n_rows"),
+        "in_subset": in_subset,
+        "rows": _cells(rows),
+        "embedding": f", cosine of `{column}`" if column else "",
+    }
+
+
+def selection_stages(selection: Mapping[str, Any]) -> dict[str, Any]:
+    """What the card says about the quality score, the filters and the dedup step of a selection manifest."""
+    out: dict[str, Any] = {}
+    quality = selection.get("quality")
+    if isinstance(quality, dict):
+        if quality.get("source") == "selector":
+            text = (
+                f"`score_quality` is the learned selector `{quality.get('selector')}`'s score as a percentile rank "
+                "over the pool (0-1, higher is better)."
+            )
+            out["quality"] = {"text": text, "rows": []}
+        else:
+            text = (
+                "`score_quality` (0-1, higher is better) is the weighted mean of each column's percentile rank "
+                "over the pool; a row's NaN columns are left out of its mean."
+            )
+            rows = [[f"`{c['column']}`", c["weight"], c["direction"], c.get("n_nan", "")] for c in quality["columns"]]
+            out["quality"] = {"text": text, "rows": _cells(rows)}
+    filters = selection.get("filters")
+    if isinstance(filters, dict):
+        rows = [[f"`{r['rule']}`", r.get("n_failed"), r.get("n_first")] for r in filters.get("rules", [])]
+        out["filters"] = {
+            "n_filtered": filters.get("n_filtered"),
+            "n_eligible": filters.get("n_eligible"),
+            "rows": _cells(rows),
+        }
+    dedup = selection.get("dedup")
+    if isinstance(dedup, dict):
+        out["dedup"] = {
+            "columns": " + ".join(f"`{c}`" for c in dedup.get("columns", [])),
+            "n_compared": dedup.get("n_compared"),
+            "n_duplicates": dedup.get("n_duplicates"),
+            "threshold": f"{1 - float(dedup.get('eps', 0)):g}",
+            "keep_by": dedup.get("keep_by"),
+        }
+    return out
+
+
 def build_card(
     selected_dir: str,
     *,
@@ -368,6 +483,7 @@ def build_card(
         source=source,
         strategy=strategy,
         repo_id=repo_id or "<user>/<repo>",
+        report=REPORT if os.path.exists(os.path.join(selected_dir, REPORT)) else None,
         settings=_cells(
             [
                 ["strategy", f"`{strategy}`"],
@@ -386,6 +502,7 @@ def build_card(
         n_clusters=len(cluster_rows),
         more_clusters=max(0, len(cluster_rows) - _MAX_CLUSTER_ROWS),
         warnings=selection.get("warnings") or [],
+        stages=selection_stages(selection),
         metric_rows=_cells(metric_rows),
         scoring_rows=scoring.get("n_rows", "?"),
         scoring_errors=scoring.get("n_error_rows", 0),
@@ -393,6 +510,10 @@ def build_card(
         stats=_cells([[stats["n_rows"], stats["n_with_image"], stats["n_multi_image"], stats["n_text_only"]]])[0],
         versions=_json_line(scoring["packages"]) if scoring.get("packages") else None,
         scoring_config=json.dumps(scoring["config"], indent=2) if scoring.get("config") else None,
+        decontamination=decontamination_summary(
+            [selection, scoring, read_manifest(source) if isinstance(source, str) and os.path.isdir(source) else {}],
+            subset,
+        ),
     )
     return str(card)
 
@@ -471,7 +592,7 @@ def publish(
     """Push a selected subset and its dataset card to the Hub; return the dataset's URL.
 
     The rows go through ``Dataset.push_to_hub`` (images embedded as Parquet), then the card replaces the
-    repository's README. ``token`` defaults to the logged-in user's (``huggingface-cli login`` or ``HF_TOKEN``).
+    repository's README, and the HTML report (``report.html``, when the folder has one) is uploaded beside it. ``token`` defaults to the logged-in user's (``huggingface-cli login`` or ``HF_TOKEN``).
     """
     from datasets import load_from_disk
     from huggingface_hub import DatasetCard
@@ -491,6 +612,13 @@ def publish(
     try:
         subset.push_to_hub(repo_id, private=private, token=token)
         DatasetCard(card).push_to_hub(repo_id, token=token, repo_type="dataset")
+        report = os.path.join(selected_dir, REPORT)
+        if os.path.exists(report):
+            from huggingface_hub import HfApi
+
+            HfApi(token=token).upload_file(
+                path_or_fileobj=report, path_in_repo=REPORT, repo_id=repo_id, repo_type="dataset"
+            )
     except (HfHubHTTPError, OSError, ValueError) as exc:
         # Not logged in, no network, no write access, a bad repo id: one line, not a traceback.
         raise PublishError(f"could not publish to {repo_id}: {str(exc).splitlines()[0]}") from None

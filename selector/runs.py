@@ -17,6 +17,9 @@ from selector.errors import DataError
 from selector.fileio import read_json, write_json
 
 MANIFEST = "manifest.json"
+#: Per-row outcome of a selection (id, selected, rank, cluster, reason, score) for every pool row, beside the
+#: manifest: the subset alone cannot tell why a rejected row was rejected (the report reads it).
+SELECTION_ROWS = "selection_rows.parquet"
 
 
 def read_manifest(folder: str) -> dict[str, Any]:
@@ -25,6 +28,35 @@ def read_manifest(folder: str) -> dict[str, Any]:
     if not os.path.exists(path):
         return {}
     return read_json(path)
+
+
+def write_selection_rows(path: str, selection) -> None:
+    """Write one row per pool row: ``id``, ``selected``, ``rank``, ``cluster`` (-1 = none), ``reason``, ``score``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "id": pa.array([str(i) for i in selection.ids], type=pa.string()),
+            "selected": pa.array(selection.mask, type=pa.bool_()),
+            "rank": pa.array(selection.rank, type=pa.int64()),
+            "cluster": pa.array(selection.cluster, type=pa.int64()),
+            "reason": pa.array([str(r) for r in selection.reason], type=pa.string()),
+            "score": pa.array(selection.score, type=pa.float64()),
+        }
+    )
+    pq.write_table(table, path)
+
+
+def read_selection_rows(folder: str) -> dict[str, Any] | None:
+    """The columns :func:`write_selection_rows` wrote in ``folder`` as numpy arrays, or None for older runs."""
+    path = os.path.join(folder, SELECTION_ROWS)
+    if not os.path.exists(path):
+        return None
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
 
 
 def load_scored(path: str):
@@ -53,13 +85,17 @@ def write_selection(
     keep_rejected: bool = False,
     extra: dict | None = None,
 ) -> dict:
-    """Write the selected rows (or every row, with ``keep_rejected``) and ``manifest.json`` to ``out``.
+    """Write the selected rows (or every row, with ``keep_rejected``), ``manifest.json`` and
+    :data:`SELECTION_ROWS` (every pool row's outcome) to ``out``.
 
     The folder is written beside ``out`` and renamed into place, so an interrupted write never leaves a
     half-written result. ``extra`` entries are added to the manifest. Returns the manifest.
 
     The manifest's ``counts.n_clusters`` and ``clusters`` count only real clusters: rows whose cluster id is
-    missing (-1, None or NaN) were never selected and belong to no cluster.
+    missing (-1, None or NaN) were never selected and belong to no cluster. ``filters`` (the rules, rows failing
+    each, ``counts`` keyed by rule) and ``dedup`` (columns, eps, rows compared, ``n_duplicates``) are the
+    selection's :attr:`~selector.selection.Selection.filter_report` and ``dedup_report`` (None when off); the
+    quality combination, when one was computed, comes in ``extra`` as ``quality``.
     """
     import numpy as np
 
@@ -93,6 +129,8 @@ def write_selection(
         "counts": {k: v for k, v in summary.items() if k != "clusters"},
         "clusters": summary["clusters"],
         "sources": per_source,
+        "filters": getattr(selection, "filter_report", None),
+        "dedup": getattr(selection, "dedup_report", None),
         "strategy_info": selection.info,
         "warnings": selection.warnings,
     }
@@ -102,6 +140,7 @@ def write_selection(
     staging = tempfile.mkdtemp(prefix=".select-", dir=parent)
     try:
         result.save_to_disk(staging)
+        write_selection_rows(os.path.join(staging, SELECTION_ROWS), selection)
         write_json(os.path.join(staging, MANIFEST), manifest)
         if os.path.exists(out):
             shutil.rmtree(out)
@@ -110,3 +149,50 @@ def write_selection(
         if os.path.exists(staging):
             shutil.rmtree(staging)
     return manifest
+
+
+def check_out_folder(out: str, *, source: str | None = None, overwrite: bool = False) -> str:
+    """Refuse an output folder that would lose data; return it as an absolute path.
+
+    ``out`` may not be the source, inside a source folder, or a folder holding the source (replacing it would
+    delete the input). An existing non-empty ``out`` is replaced only with ``overwrite`` and only when it holds an
+    earlier result (a ``save_to_disk`` folder: ``state.json``).
+
+    Raises:
+        ConfigError: one of the cases above.
+    """
+    from selector.errors import ConfigError
+
+    out = os.path.realpath(out)
+    if source is not None and os.path.exists(source):
+        src = os.path.realpath(source)
+        if out == src or out.startswith(src.rstrip(os.sep) + os.sep) or src.startswith(out.rstrip(os.sep) + os.sep):
+            raise ConfigError(f"--out {out} overlaps the source {src}; write the result to another folder")
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        if not overwrite:
+            raise ConfigError(f"--out {out} exists and is not empty; pass --overwrite to replace an earlier result")
+        if not (os.path.isdir(out) and os.path.exists(os.path.join(out, "state.json"))):
+            raise ConfigError(f"--out {out} does not look like an earlier result (no state.json); not replacing it")
+    return out
+
+
+def write_dataset_folder(dataset, out: str, files: dict[str, Any]) -> None:
+    """Write ``dataset`` (``save_to_disk``) and JSON ``files`` (name -> data) into ``out`` atomically.
+
+    Everything is written to a folder beside ``out`` and renamed into place, so an interrupted write never leaves
+    a half-written result; an existing ``out`` is replaced (check it first with :func:`check_out_folder`).
+    """
+    out = os.path.abspath(out)
+    parent = os.path.dirname(out) or "."
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".vlselect-", dir=parent)
+    try:
+        dataset.save_to_disk(staging)
+        for name, data in files.items():
+            write_json(os.path.join(staging, name), data)
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging)

@@ -4,9 +4,11 @@ selection policies around every strategy of :mod:`selector.strategies`.
 Public API::
 
     select(ds, budget, strategy, *, embedding_column=None, score_column=None, cluster_column=None,
-           stratify_column=None, scores=None, id_column="id", random_state=0, **options) -> Selection
+           stratify_column=None, scores=None, filters=None, dedup_column=None, dedup_eps=0.05,
+           dedup_n_clusters=None, id_column="id", random_state=0, **options) -> Selection
     select_arrays(embeddings, budget, strategy, *, scores=None, ids=None, errors=None, clusters=None,
-                  strata=None, random_state=0, **options) -> Selection
+                  strata=None, filters=None, columns=None, dedup_embeddings=None, dedup_eps=0.05,
+                  dedup_n_clusters=None, random_state=0, **options) -> Selection
     select_dataset(ds, selection, keep_rejected=False) -> datasets.Dataset
 
 ``budget`` is read by :func:`selector.rows.parse_budget`: an int count, a whole float (``200.0`` is 200 rows), a
@@ -23,21 +25,38 @@ Policies, applied once by the wrapper for every strategy (built-in or plugged in
    reason that applies: ``error`` of None, NaN or ``""`` means usable, anything else is never selected (reason
    ``error <kind>``); a row lacking an input the strategy uses (a NaN embedding; a cluster id of -1, None or NaN)
    is never selected (reason ``missing <column>``); NaN *scores* are kept and rank last;
-3. strata: strategies see the eligible rows ordered by a stable hash of ``id`` (blake2b), so k-means
+3. filters (``filters=``, hard rules of :mod:`selector.filters` on scalar columns, e.g.
+   ``"score_relevance:min=0.2"`` or ``{"column": "check_exact_dup_of", "is_null": True}``) run on the rows still
+   eligible (quantiles are taken over them); a row failing a rule is never selected (reason ``filter:<rule>``,
+   naming the first rule it fails); per-rule counts are in ``Selection.filter_report``;
+4. dedup (``dedup_column=``, one ``emb_*`` column or several): SemDeDup (:func:`selector.prototypes.semdedup`)
+   over the rows still eligible, before any strategy clusters them, whatever the strategy. Several columns are
+   each L2-normalised, concatenated and normalised again, so the cosine of two rows is the mean of their per-column
+   cosines, and a pair counts as a near-duplicate (cosine ``> 1 - dedup_eps``) only when it is similar in (nearly)
+   all of them, e.g. the same picture *and* the same answer. Rows are compared in keep order: highest score first
+   (the ``score_column``/``scores``; NaN last), ties by id, so of a group of near-duplicates the best-scored copy
+   is kept and the others get ``dedup:dup_of=<kept id> cos=<cosine to it>``. By default every eligible row is
+   compared with every other (exact; cost ``O(n^2 d)`` in blocks of bounded memory, fine to ~10^5 rows);
+   ``dedup_n_clusters=k`` first splits them with spherical k-means, as the SemDeDup paper does, and compares only
+   inside a cluster. Rows whose dedup embedding is missing (NaN, zero) take no part: they are neither removed
+   nor anyone's duplicate. Duplicates across strata are duplicates too: dedup runs on the whole pool. The result
+   is in ``Selection.dedup_report``; without ``dedup_column`` nothing changes;
+5. strata: strategies see the eligible rows ordered by a stable hash of ``id`` (blake2b), so k-means
    initialisation and sampling, and hence the selection, do not depend on the input row order; the same
    ``random_state`` gives the same selection; ties break by ``id`` (strategies get each row's lexicographic id
    rank as ``tie_rank``). ``stratify_column`` (e.g. ``source``) splits the pool first: each stratum gets a budget
    proportional to its eligible size (at least one row each while the budget allows) and the strategy runs per
    stratum, so clustering can't erase a small task. With fewer eligible rows than the budget, all eligible rows
    are selected and a warning is logged and stored in ``Selection.warnings``;
-4. the strategy runs per stratum; the first ``budget`` rows of its order are selected, so the budget is met
+6. the strategy runs per stratum; the first ``budget`` rows of its order are selected, so the budget is met
    exactly whenever enough eligible rows exist;
-5. assembly: one global rank and a ``reason`` for every row: ``selected ...``, ``quota cluster=C rank=R/Q``,
-   ``dup_of=<id> cos=...``, ``budget rank=R``, ``excluded``, ``error <kind>``, ``missing <column>``; the first
-   word is the reason kind counted in :meth:`Selection.summary`.
+7. assembly: one global rank and a ``reason`` for every row: ``selected ...``, ``quota cluster=C rank=R/Q``,
+   ``dup_of=<id> cos=...`` (the ``semdedup`` strategy's own duplicates), ``budget rank=R``, ``excluded``,
+   ``error <kind>``, ``missing <column>``, ``filter:<rule>``, ``dedup:dup_of=<id> cos=...``; the reason kind
+   counted in :meth:`Selection.summary` is the text before the first space, ``=`` or ``:`` (:func:`reason_kind`).
 
-A further eligibility rule (e.g. hard filters on columns) is one more :meth:`_Pool.exclude` call between steps 2
-and 3, with its own reason kind added to :data:`INELIGIBLE_KINDS`.
+A further eligibility rule is one more :meth:`_Pool.exclude` call between steps 2 and 5, with its own reason kind
+added to :data:`INELIGIBLE_KINDS`.
 
 Example:
     >>> import numpy as np
@@ -50,6 +69,8 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,7 +105,16 @@ from selector.strategies import (
 logger = logging.getLogger(__name__)
 
 #: Reason kinds of rows that no strategy sees (they are not eligible).
-INELIGIBLE_KINDS = ("error", "missing")
+INELIGIBLE_KINDS = ("error", "missing", "filter", "dedup")
+
+#: Default SemDeDup threshold of the dedup step: cosine similarity above 0.95 is a near-duplicate.
+DEFAULT_DEDUP_EPS = 0.05
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a reason: its text before the first space, ``=`` or ``:`` (``"filter:score_x>=0.3"`` ->
+    ``"filter"``, ``"dup_of=a cos=0.99"`` -> ``"dup_of"``, ``"error missing_image"`` -> ``"error"``)."""
+    return re.match(r"[^ =:]*", str(reason)).group(0)
 
 
 @dataclass
@@ -106,6 +136,10 @@ class Selection:
         columns: which input columns were used.
         warnings: messages also sent to the log.
         info: per-stratum strategy info (quotas, thresholds, ...).
+        filter_report: None without filters, else :meth:`selector.filters.FilterResult.report` plus ``counts``
+            (rows failing each rule, keyed by the rule's text; a row failing several rules counts under each).
+        dedup_report: None without dedup, else columns, eps, rows compared and skipped, ``n_duplicates`` and
+            what decided the kept copy (``keep_by``).
 
     Example:
         >>> sel = select_arrays(None, 2, "topk", scores=[0.1, 0.9, 0.5], ids=["a", "b", "c"])
@@ -127,6 +161,8 @@ class Selection:
     columns: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    filter_report: dict | None = None
+    dedup_report: dict | None = None
 
     def __len__(self) -> int:
         return int(self.mask.shape[0])
@@ -147,7 +183,7 @@ class Selection:
         Only rows the strategy placed in a cluster count; rows with a missing cluster id are not a cluster, so
         ``n_clusters`` is the number of real clusters.
         """
-        kinds = Counter(r.split(" ", 1)[0].split("=", 1)[0] for r in self.reason)
+        kinds = Counter(reason_kind(r) for r in self.reason)
         ineligible = sum(kinds.get(kind, 0) for kind in INELIGIBLE_KINDS)
         per_cluster = {}
         clustered = self.cluster >= 0
@@ -181,6 +217,11 @@ def select_arrays(
     errors=None,
     clusters=None,
     strata=None,
+    filters=None,
+    columns=None,
+    dedup_embeddings=None,
+    dedup_eps: float = DEFAULT_DEDUP_EPS,
+    dedup_n_clusters: int | None = None,
     random_state: int | None = 0,
     **options,
 ) -> Selection:
@@ -197,11 +238,25 @@ def select_arrays(
         errors: (n,) error values (None, NaN or ``""`` = usable) or a bool mask; such rows are never selected.
         clusters: (n,) precomputed cluster ids (-1, None or NaN = missing: never selected).
         strata: (n,) stratum of each row (e.g. source); quotas per stratum first.
+        filters: filter rules (``FilterRule``, ``"column:min=0.3"`` strings or ``{"column": ..., "min": ...}``
+            mappings) on the scalar ``columns``; failing rows are never selected (reason ``filter:<rule>``).
+        columns: the columns the filters read: a mapping of name -> (n,) values, a DataFrame or a Dataset.
+        dedup_embeddings: an (n, d) array, or a list of them, for the dedup step (see the module docstring);
+            None: no dedup.
+        dedup_eps: dedup threshold: a row whose cosine similarity to a better-ranked row exceeds
+            ``1 - dedup_eps`` is a duplicate, in [0, 2].
+        dedup_n_clusters: None compares every pair of eligible rows; k splits them by spherical k-means first.
         random_state: int seed (None reads as 0); same seed -> same selection.
         **options: strategy options (see :func:`selector.strategies.strategy_options`).
 
     Returns:
         :class:`Selection`.
+
+    Example:
+        >>> sel = select_arrays(None, 2, "topk", scores=[0.9, 0.5, 0.1], ids=["a", "b", "c"],
+        ...                     filters=["x:min=0"], columns={"x": [1.0, float("nan"), 2.0]})
+        >>> sel.ids[sel.indices].tolist(), sel.reason[1]
+        (['a', 'c'], 'filter:x>=0')
     """
     if embeddings is not None:
         n = int(np.asarray(embeddings).shape[0])
@@ -211,6 +266,13 @@ def select_arrays(
         n = len(ids)
     else:
         raise ConfigError("select_arrays needs embeddings, scores or ids to know the number of rows")
+    if filters and columns is None:
+        raise ConfigError("filters need columns= (a mapping of column name -> per-row values)")
+    dedup = None
+    if dedup_embeddings is not None:
+        parts = list(dedup_embeddings) if isinstance(dedup_embeddings, (list, tuple)) else [dedup_embeddings]
+        names = [f"dedup_embeddings[{i}]" for i in range(len(parts))] if len(parts) > 1 else ["dedup_embeddings"]
+        dedup = _DedupSpec(names, parts, dedup_eps, dedup_n_clusters)
     return _select_core(
         n=n,
         budget=budget,
@@ -221,6 +283,8 @@ def select_arrays(
         errors=errors,
         clusters=clusters,
         strata=strata,
+        filters=(filters, columns),
+        dedup=dedup,
         random_state=random_state,
         options=options,
         names={},
@@ -242,6 +306,10 @@ def select(
     cluster_column: str | None = None,
     stratify_column: str | None = None,
     scores=None,
+    filters=None,
+    dedup_column: str | list[str] | None = None,
+    dedup_eps: float = DEFAULT_DEDUP_EPS,
+    dedup_n_clusters: int | None = None,
     id_column: str = "id",
     random_state: int | None = 0,
     **options,
@@ -262,6 +330,15 @@ def select(
         stratify_column: split quotas by this column first (e.g. ``source``).
         scores: (n,) per-row scores from outside instead of ``score_column`` (e.g.
             ``LearnedSelector.score_samples(ds)``).
+        filters: hard rules on scalar columns of ``ds`` (``FilterRule``, ``"score_relevance:min=0.2"`` strings or
+            ``{"column": ..., "min": ...}`` mappings, see :mod:`selector.filters`); a failing row is never selected
+            and gets the reason ``filter:<rule>``. NaN fails ``min``/``max``.
+        dedup_column: an ``emb_*`` column, or a list of them (each normalised, concatenated, normalised again), to
+            remove near-duplicates from before the strategy runs; the best-scored copy of each group is kept (see
+            the module docstring). None: no dedup.
+        dedup_eps: near-duplicate threshold: cosine similarity above ``1 - dedup_eps`` (default 0.05).
+        dedup_n_clusters: None compares all eligible rows pairwise (exact); k compares only inside the clusters
+            of a spherical k-means, for pools too large for that.
         id_column: unique row ids.
         random_state: seed.
         **options: strategy options (``n_clusters``, ``eps``, ``keep``, ...; see
@@ -288,6 +365,7 @@ def select(
         ("score_column", score_column),
         ("cluster_column", cluster_column),
         ("stratify_column", stratify_column),
+        *(("dedup_column", c) for c in _as_column_list(dedup_column)),
     ):
         if col is not None and col not in columns:
             raise ConfigError(f"{label}={col!r} is not a column of the dataset; columns: {', '.join(columns)}")
@@ -302,6 +380,13 @@ def select(
     n = len(ds)
     if scores is not None and len(scores) != n:
         raise DataError(f"scores has {len(scores)} entries for {n} rows")
+    dedup = None
+    if dedup_column is not None:
+        dedup_columns = _as_column_list(dedup_column)
+        # read lazily: the request (eps, budget, strategy) is checked before the vectors are loaded.
+        dedup = _DedupSpec(
+            dedup_columns, [lambda c=c: embedding_matrix(ds, c) for c in dedup_columns], dedup_eps, dedup_n_clusters
+        )
     return _select_core(
         n=n,
         budget=budget,
@@ -312,6 +397,8 @@ def select(
         errors=ds["error"] if "error" in columns else None,
         clusters=None if cluster_column is None else ds[cluster_column],
         strata=None if stratify_column is None else ds[stratify_column],
+        filters=(filters, ds),
+        dedup=dedup,
         random_state=random_state,
         options=options,
         names={
@@ -445,13 +532,20 @@ def _select_core(
     errors,
     clusters,
     strata,
+    filters: tuple = (None, None),
+    dedup: _DedupSpec | None = None,
     random_state,
     options: dict,
     names: dict[str, str | None],
     hints: dict[str, str],
 ) -> Selection:
+    from selector.filters import parse_filters
+
     have = {"embeddings": embeddings is not None, "scores": scores is not None, "clusters": clusters is not None}
     request = _check_request(strategy, options, budget, n, random_state, have, hints)
+    rules, filter_data = parse_filters(filters[0]), filters[1]
+    if dedup is not None:
+        dedup.check()
     pool = _apply_row_rules(
         request,
         n,
@@ -463,14 +557,22 @@ def _select_core(
         errors=errors,
         names=names,
     )
-    # Further eligibility rules (filters) go here, as pool.exclude(rows_that_fail, per_row_reasons).
+    filter_report = _apply_filters(pool, rules, filter_data) if rules else None
+    dedup_report = None
+    if dedup is not None:
+        dedup_report = _apply_dedup(pool, dedup, request.seed, names.get("scores") or "scores")
     groups, warnings = _strata(pool, request.n_budget)
     assembly = _Assembly(pool, warnings)
     for g, (key, rows, group_budget) in enumerate(groups):
         if rows.size:
             inp, res = _run_strategy(request, pool, rows, group_budget)
             assembly.add(request, g, key, rows, group_budget, inp, res)
-    return assembly.selection(request, dict(names))
+    columns = dict(names)
+    if rules:
+        columns["filters"] = [str(rule) for rule in rules]
+    if dedup is not None:
+        columns["dedup"] = list(dedup.names)
+    return assembly.selection(request, columns, filter_report, dedup_report)
 
 
 def _check_request(strategy, options, budget, n, random_state, have, hints) -> _Request:
@@ -534,6 +636,125 @@ def _apply_row_rules(request: _Request, n: int, *, ids, embeddings, scores, clus
     return pool
 
 
+def _apply_filters(pool: _Pool, rules: list, data) -> dict:
+    """Exclude the eligible rows failing a filter rule (reason ``filter:<rule>``); returns the filter report."""
+    from selector.filters import apply_filters, n_rows
+
+    if data is None:
+        raise ConfigError("filters need the columns they read")
+    if n_rows(data) != pool.n:
+        raise DataError(f"the filter columns have {n_rows(data)} rows for {pool.n} rows")
+    result = apply_filters(data, rules, eligible=pool.eligible)
+    pool.exclude(result.filtered, result.reason)
+    report = result.report()
+    report["counts"] = result.counts()
+    if result.filtered.any():
+        logger.info(
+            "filters removed %d of %d eligible rows: %s",
+            result.filtered.sum(),
+            result.eligible.sum(),
+            report["counts"],
+        )
+    return report
+
+
+@dataclass
+class _DedupSpec:
+    """The dedup step's request: column names (for reasons and reports), per-column (n, d) matrices or callables
+    returning them (read only once the request is checked), threshold and optional k-means split."""
+
+    names: list[str]
+    parts: list
+    eps: Any
+    n_clusters: Any
+
+    def check(self) -> None:
+        if not self.names:
+            raise ConfigError("dedup_column: name at least one embedding column")
+        eps = self.eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)):
+            raise ConfigError(f"dedup_eps must be a number in [0, 2], got {eps!r}")
+        if not (math.isfinite(float(eps)) and 0.0 <= float(eps) <= 2.0):
+            raise ConfigError(f"dedup_eps must be a number in [0, 2], got {eps!r}")
+        k = self.n_clusters
+        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+            raise ConfigError(f"dedup_n_clusters must be a positive integer or None, got {k!r}")
+
+    def matrix(self, n: int) -> np.ndarray:
+        """(n, D) float32: each part L2-normalised, concatenated, normalised again; NaN rows where any part is
+        missing (a non-finite value or a zero vector, which has no direction)."""
+        blocks = []
+        missing = np.zeros(n, dtype=bool)
+        for name, part in zip(self.names, self.parts):
+            X = np.asarray(part() if callable(part) else part, dtype=np.float32)
+            if X.ndim != 2 or X.shape[0] != n:
+                raise DataError(f"{name} must have shape ({n}, d), got {X.shape}")
+            finite = np.isfinite(X).all(axis=1)
+            norms = np.linalg.norm(np.where(finite[:, None], X, 0.0), axis=1)
+            missing |= ~finite | (norms == 0)
+            blocks.append(np.where(finite[:, None], X, 0.0) / np.where(norms > 0, norms, 1.0)[:, None])
+        combined = np.concatenate(blocks, axis=1) / np.float32(math.sqrt(len(blocks)))
+        combined[missing] = np.nan
+        return np.ascontiguousarray(combined, dtype=np.float32)
+
+
+def _as_column_list(column) -> list[str]:
+    if column is None:
+        return []
+    if isinstance(column, str):
+        return [column]
+    if isinstance(column, (list, tuple)) and all(isinstance(c, str) for c in column):
+        return list(column)
+    raise ConfigError(f"dedup_column must be a column name or a list of them, got {column!r}")
+
+
+def _apply_dedup(pool: _Pool, spec: _DedupSpec, seed: int, score_name: str | None) -> dict:
+    """SemDeDup over the eligible rows (module docstring, step 4); returns the dedup report."""
+    from selector.prototypes import semdedup
+
+    X = spec.matrix(pool.n)
+    present = np.isfinite(X).all(axis=1)
+    # stable-hash order, so the k-means split (and hence the result) does not depend on the input row order.
+    order = hash_order(pool.ids)
+    rows = order[(pool.eligible & present)[order]]
+    report = {
+        "columns": list(spec.names),
+        "eps": float(spec.eps),
+        "n_clusters": None if spec.n_clusters is None else int(spec.n_clusters),
+        "keep_by": f"{score_name} (highest), then id" if pool.scores is not None else "id",
+        "n_compared": int(rows.size),
+        "n_missing": int((pool.eligible & ~present).sum()),
+        "n_duplicates": 0,
+    }
+    if rows.size < 2:
+        return report
+    Xr = X[rows]
+    if spec.n_clusters is None:
+        labels = np.zeros(rows.size, dtype=np.int64)
+    else:
+        from selector.cluster import KMeans
+
+        k = min(int(spec.n_clusters), rows.size)
+        labels = KMeans(n_clusters=k, spherical=True, random_state=seed).fit(Xr).labels_
+    priority = None if pool.scores is None else pool.scores[rows]
+    result = semdedup(Xr, labels, float(spec.eps), priority=priority, tie_rank=pool.tie_rank[rows])
+    kept_of = result.dup_of[0]
+    removed = np.flatnonzero(~result.keep[0])
+    reasons = np.empty(pool.n, dtype=object)
+    hit = np.zeros(pool.n, dtype=bool)
+    for j in removed:
+        # the chain of nearest duplicates always ends at a kept row; name it and the cosine to it.
+        kept = kept_of[j] if kept_of[j] >= 0 else result.nearest[j]
+        cos = float(np.dot(Xr[j], Xr[kept]))
+        reasons[rows[j]] = f"dedup:dup_of={pool.ids[rows[kept]]} cos={cos:.4f}"
+        hit[rows[j]] = True
+    pool.exclude(hit, reasons)
+    report["n_duplicates"] = int(hit.sum())
+    if hit.any():
+        logger.info("dedup removed %d near-duplicates of %d rows compared", hit.sum(), rows.size)
+    return report
+
+
 def _strata(pool: _Pool, n_budget: int) -> tuple[list[tuple[str, np.ndarray, int]], list[str]]:
     """The eligible rows in stable-hash order, split into strata with a budget each; and any warnings."""
     from selector.quota import proportional_quota
@@ -542,9 +763,12 @@ def _strata(pool: _Pool, n_budget: int) -> tuple[list[tuple[str, np.ndarray, int
     candidates = order[pool.eligible[order]]
     warnings = []
     if n_budget > candidates.size:
+        kinds = Counter(reason_kind(r) for r in pool.reason[~pool.eligible])
+        causes = ", ".join(f"{kind} {kinds[kind]}" for kind in INELIGIBLE_KINDS if kinds.get(kind))
         msg = (
-            f"budget {n_budget} exceeds the {candidates.size} eligible rows "
-            f"({pool.n - candidates.size} rows have errors or missing inputs): selecting all eligible rows"
+            f"budget {n_budget} exceeds the {candidates.size} eligible rows ({pool.n - candidates.size} rows have "
+            f"errors or missing inputs, or were filtered or deduplicated{': ' + causes if causes else ''}): "
+            "selecting all eligible rows"
         )
         logger.warning(msg)
         warnings.append(msg)
@@ -632,7 +856,7 @@ class _Assembly:
             rank[ranked] = np.arange(ranked.size)
         return rank
 
-    def selection(self, request: _Request, columns: dict) -> Selection:
+    def selection(self, request: _Request, columns: dict, filter_report=None, dedup_report=None) -> Selection:
         return Selection(
             ids=self.pool.ids,
             mask=self.mask,
@@ -648,6 +872,8 @@ class _Assembly:
             columns=columns,
             warnings=self.warnings,
             info=self.info,
+            filter_report=filter_report,
+            dedup_report=dedup_report,
         )
 
 

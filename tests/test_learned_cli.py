@@ -113,7 +113,9 @@ def test_train_selector_network_set_labels_then_select(tmp_path, scored, capsys)
     assert rc == 0 and "selected 20 of 120 rows" in capsys.readouterr().out
     result = load_from_disk(str(picked))
     manifest = json.loads((picked / "manifest.json").read_text())
-    assert manifest["selector"] == str(out) and manifest["columns"]["scores"] == "external scores"
+    # the selector's scores become score_quality (percentile ranks: the same order) and are ranked by
+    assert manifest["selector"] == str(out) and manifest["columns"]["scores"] == "score_quality"
+    assert manifest["quality"]["source"] == "selector" and "score_quality" in result.column_names
 
     scores = LearnedSelector.from_pretrained(out).score_samples(ds)
     expected = select(ds, 20, "instructiongpt4", embedding_column="emb_clip", scores=scores, n_clusters=4)

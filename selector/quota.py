@@ -6,6 +6,9 @@ Arrays in, arrays out (numpy only). Every function returns an ``int64`` array ``
 - :func:`proportional_quota` (InstructionGPT-4): proportional to cluster size, at least 1 per non-empty cluster
   while the budget covers every cluster.
 - :func:`uniform_quota`: the same share for every cluster, water-filled where small clusters run out.
+- :func:`quality_quota`: proportional to each cluster's *quality mass* (the sum of its rows' quality in [0, 1]),
+  so a cluster made of low-quality rows (gibberish, one boilerplate answer) gets a small share instead of one
+  proportional to its size; at least 1 per non-empty cluster while the budget covers every cluster.
 - :func:`dbp_quota` (Density-Based Pruning, Abbas et al. 2024): weights ``softmax(d_intra * d_inter / T)``,
   the real-valued quota is the Euclidean projection of ``N * P`` onto
   ``{x : sum(x) = N, floor_j <= x_j <= |C_j|}`` with ``floor_j = min(int(N / k * balance_ratio), |C_j|)``
@@ -34,7 +37,7 @@ from selector.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-QUOTAS = ("proportional", "uniform", "dbp")
+QUOTAS = ("proportional", "uniform", "quality", "dbp")
 
 
 def _sizes(sizes) -> np.ndarray:
@@ -185,6 +188,40 @@ def proportional_quota(sizes, budget: int) -> np.ndarray:
     return round_preserving_total(x, floor, sizes, total)
 
 
+def quality_quota(sizes, budget: int, mass) -> np.ndarray:
+    """Quotas proportional to each cluster's quality mass, exact total.
+
+    ``mass_j`` is the sum over cluster j's rows of a quality in [0, 1] (e.g. the percentile rank of
+    ``score_quality``; a NaN quality counts 0), i.e. the cluster size discounted by how good its rows are. With
+    equal qualities this is :func:`proportional_quota`. Every non-empty cluster keeps at least one row while
+    ``budget >= number of non-empty clusters`` (diversity is kept); a cluster never gets more than its size, and
+    the share it cannot take goes to the others by the same Euclidean projection as DBP's.
+
+    Args:
+        sizes: (k,) number of eligible rows per cluster.
+        budget: rows to select; capped at ``sizes.sum()``.
+        mass: (k,) non-negative quality mass per cluster, at most ``sizes``.
+
+    Returns:
+        (k,) int64 quotas, ``0 <= q_j <= sizes_j``, summing to ``min(budget, sizes.sum())``.
+    """
+    sizes = _sizes(sizes)
+    total = _total(budget, sizes)
+    mass = np.asarray(mass, dtype=np.float64)
+    if mass.shape != sizes.shape:
+        raise ConfigError(f"quality mass has shape {mass.shape}, cluster sizes {sizes.shape}")
+    mass = np.where(np.isfinite(mass), np.clip(mass, 0.0, None), 0.0)
+    if total == 0:
+        return np.zeros(sizes.shape, dtype=np.int64)
+    if mass.sum() <= 0:
+        return proportional_quota(sizes, total)
+    nonempty = sizes > 0
+    floor = nonempty.astype(np.int64) if total >= int(nonempty.sum()) else np.zeros_like(sizes)
+    target = total * mass / mass.sum()
+    x = project_capped_simplex(target, floor, sizes, total)
+    return round_preserving_total(x, floor, sizes, total)
+
+
 def uniform_quota(sizes, budget: int) -> np.ndarray:
     """The same quota for every non-empty cluster; clusters smaller than their share give the rest to others.
 
@@ -272,11 +309,14 @@ def dbp_quota(
 
 
 def compute_quota(method: str, sizes, budget: int, **kwargs) -> np.ndarray:
-    """Dispatch on ``method`` (one of :data:`QUOTAS`); ``kwargs`` go to :func:`dbp_quota`."""
+    """Dispatch on ``method`` (one of :data:`QUOTAS`); ``kwargs`` go to :func:`quality_quota` (``mass``) or
+    :func:`dbp_quota`."""
     if method == "proportional":
         return proportional_quota(sizes, budget)
     if method == "uniform":
         return uniform_quota(sizes, budget)
+    if method == "quality":
+        return quality_quota(sizes, budget, **kwargs)
     if method == "dbp":
         return dbp_quota(sizes, budget, **kwargs)
     raise ConfigError(f"unknown quota {method!r}; choose one of {', '.join(QUOTAS)}")

@@ -5,8 +5,9 @@ A strategy chooses an order over the eligible rows of one stratum; :mod:`selecto
 exact budget, reasons), so a new strategy gets them for free.
 
 Strategies: ``random``, ``topk`` (``topk:<column>``), ``ssl_prototypes``, ``semdedup``, ``dbp``,
-``instructiongpt4``, the training-dynamics scores ``forgetting``, ``el2n``, ``grand``, ``curvature`` and the
-embedding coresets ``herding`` and ``kcenter`` (array functions in :mod:`selector.coreset`).
+``instructiongpt4``, the training-dynamics scores ``forgetting``, ``el2n``, ``grand``, ``curvature``, the
+embedding coresets ``herding`` and ``kcenter`` and coverage-centric selection ``ccs`` (array functions in
+:mod:`selector.coreset`).
 
 Writing a strategy (plug-in contract). Register ``"name": "package.module:function"`` in :data:`STRATEGIES` (or
 the ``vlselect.strategies`` entry-point group). The function is::
@@ -77,6 +78,7 @@ STRATEGIES = {
     "curvature": "selector.strategies:curvature_strategy",
     "herding": "selector.strategies:herding_strategy",
     "kcenter": "selector.strategies:kcenter_strategy",
+    "ccs": "selector.strategies:ccs_strategy",
 }
 
 ENTRY_POINT_GROUP = "vlselect.strategies"
@@ -333,20 +335,26 @@ def topk_strategy(inp: StrategyInput, *, ascending: bool = False) -> StrategyRes
 
 @strategy(needs=("embeddings",))
 def ssl_prototypes_strategy(
-    inp: StrategyInput, *, n_clusters: int = 100, keep: str = "hard", backend: str = "auto"
+    inp: StrategyInput, *, n_clusters: int = 100, keep: str = "auto", backend: str = "auto"
 ) -> StrategyResult:
-    """SSL-prototypes: spherical k-means, rank all rows by distance to their prototype (``keep`` rule)."""
-    from selector.prototypes import centroid_distance, keep_scores
+    """SSL-prototypes (Sorscher et al. 2022): spherical k-means, rank all rows by distance to their prototype.
 
+    ``keep``: ``"hard"`` (far first), ``"easy"`` (close first), ``"random"``, or ``"auto"`` (default): easy when
+    data is scarce, hard when plentiful, from the budget and the stratum's rows
+    (:func:`selector.prototypes.auto_keep`); ``info["keep"]`` records the rule used.
+    """
+    from selector.prototypes import centroid_distance, keep_scores, resolve_keep
+
+    rule = resolve_keep(keep, inp.budget, inp.n)
     if inp.n == 0:
         return StrategyResult(order=np.zeros(0, dtype=np.int64))
     labels, centers = fit_clusters(inp, n_clusters, backend=backend)
-    score = keep_scores(centroid_distance(inp.embeddings, centers, labels), keep, inp.random_state)
+    score = keep_scores(centroid_distance(inp.embeddings, centers, labels), rule, inp.random_state)
     return StrategyResult(
         order=rank_by_score(score, inp.tie_rank),
         cluster=labels,
         score=score,
-        info={"n_clusters": int(centers.shape[0])},
+        info={"n_clusters": int(centers.shape[0]), "keep": rule},
     )
 
 
@@ -364,7 +372,8 @@ def semdedup_strategy(
 
     With ``eps=None`` the budget sets the threshold: the selection equals SemDeDup at the eps that leaves exactly
     ``budget`` rows (up to ties). With ``eps`` given, rows above ``1 - eps`` are excluded first (possibly fewer
-    rows than the budget remain).
+    rows than the budget remain). ``keep`` decides which row of a duplicate group survives (``"auto"``:
+    :func:`selector.prototypes.auto_keep` from the budget).
     """
     from selector.prototypes import (
         centroid_distance,
@@ -372,8 +381,10 @@ def semdedup_strategy(
         keep_scores,
         max_previous_similarity,
         resolve_duplicates,
+        resolve_keep,
     )
 
+    keep = resolve_keep(keep, inp.budget, inp.n)
     if inp.n == 0:
         return StrategyResult(order=np.zeros(0, dtype=np.int64))
     labels, centers = fit_clusters(inp, n_clusters, backend=backend)
@@ -399,6 +410,7 @@ def semdedup_strategy(
     kept_sim = kept_sim[np.isfinite(kept_sim)]
     info = {
         "n_clusters": int(labels.max()) + 1,
+        "keep": keep,
         "max_similarity_kept": float(kept_sim.max()) if kept_sim.size else None,
     }
     return StrategyResult(
@@ -434,7 +446,8 @@ def dbp_strategy(
     ``--cls-bal-ratio``: every cluster keeps at least ``int(budget / k * balance_ratio)`` rows.
 
     When deduplication leaves fewer rows than the budget, the least redundant duplicates fill the rest so the
-    budget is still met. Duplicates report the cluster of the nearest re-fitted centroid.
+    budget is still met. Duplicates report the cluster of the nearest re-fitted centroid. ``keep="auto"`` picks
+    easy or hard rows inside each cluster from the budget (:func:`selector.prototypes.auto_keep`).
     """
     from selector.cluster import cluster_centers
     from selector.prototypes import (
@@ -444,9 +457,11 @@ def dbp_strategy(
         keep_scores,
         max_previous_similarity,
         resolve_duplicates,
+        resolve_keep,
     )
     from selector.quota import dbp_quota
 
+    keep = resolve_keep(keep, inp.budget, inp.n)
     if inp.n == 0:
         return StrategyResult(order=np.zeros(0, dtype=np.int64))
     labels, centers = fit_clusters(inp, n_clusters, backend=backend)
@@ -498,6 +513,7 @@ def dbp_strategy(
     dups = dups[np.lexsort((inp.tie_rank[dups], max_sim[dups]))]
     info = {
         "n_clusters": int(k),
+        "keep": keep,
         "n_duplicates": int(dups.size),
         "reclustered_after_dedup": bool(dup.any()),
         "quota": quota.tolist(),
@@ -535,12 +551,17 @@ def instructiongpt4_strategy(
     backend: str = "auto",
 ) -> StrategyResult:
     """InstructionGPT-4: clusters (a cluster column, else spectral clustering of the embeddings as upstream, or
-    spherical k-means with ``clustering="kmeans"``), quotas proportional to cluster size, the best-scoring rows of
-    each cluster (score column or learned-selector scores; NaN last, ties by id)."""
+    spherical k-means with ``clustering="kmeans"``), per-cluster quotas, the best-scoring rows of each cluster
+    (score column or learned-selector scores; NaN last, ties by id).
+
+    ``quota``: ``"proportional"`` to cluster size (upstream), ``"uniform"``, or ``"quality"``: proportional to
+    each cluster's quality mass, the sum of its rows' score percentile ranks (NaN counts 0; see
+    :func:`selector.quota.quality_quota`), so a cluster of low-scoring rows gets a small share. Needs scores.
+    """
     from selector.quota import compute_quota
 
-    if quota not in ("proportional", "uniform"):
-        raise ConfigError(f"instructiongpt4 quota must be 'proportional' or 'uniform', got {quota!r}")
+    if quota not in ("proportional", "uniform", "quality"):
+        raise ConfigError(f"instructiongpt4 quota must be 'proportional', 'uniform' or 'quality', got {quota!r}")
     if clustering not in ("spectral", "kmeans"):
         raise ConfigError(f"instructiongpt4 clustering must be 'spectral' or 'kmeans', got {clustering!r}")
     if inp.n == 0:
@@ -550,12 +571,30 @@ def instructiongpt4_strategy(
     else:
         labels = spectral_clusters(inp, n_clusters)
     sizes = np.bincount(labels, minlength=int(labels.max()) + 1)
-    quotas = compute_quota(quota, sizes, inp.budget)
+    if quota == "quality":
+        quotas = compute_quota(quota, sizes, inp.budget, mass=cluster_quality_mass(labels, inp.scores, sizes.size))
+    else:
+        quotas = compute_quota(quota, sizes, inp.budget)
     order, cluster_rank = quota_order(labels, inp.scores, quotas, inp.tie_rank)
     info = {"n_clusters": int(sizes.size), "quota": quotas.tolist()}
     return StrategyResult(
         order=order, cluster=labels, cluster_rank=cluster_rank, quota=quotas, score=inp.scores, info=info
     )
+
+
+def cluster_quality_mass(labels: np.ndarray, scores: np.ndarray, n_clusters: int) -> np.ndarray:
+    """(k,) sum per cluster of each row's score percentile rank in [0, 1] among the finite scores (NaN counts 0);
+    ranks, not raw scores, so any score scale works."""
+    from scipy.stats import rankdata
+
+    scores = np.asarray(scores, dtype=np.float64)
+    finite = np.isfinite(scores)
+    quality = np.zeros(scores.shape[0])
+    if finite.sum() == 1:
+        quality[finite] = 1.0
+    elif finite.any():
+        quality[finite] = (rankdata(scores[finite], method="average") - 1) / (finite.sum() - 1)
+    return np.bincount(labels, weights=quality, minlength=n_clusters)
 
 
 @strategy()
@@ -722,3 +761,95 @@ def kcenter_strategy(inp: StrategyInput) -> StrategyResult:
 
     order = kcenter_greedy(inp.embeddings, inp.budget, random_state=inp.random_state)
     return StrategyResult(order=order, info={"n_picked": int(order.size)})
+
+
+#: ``beta="auto"`` of ``ccs``: (pruning rate below, hard cutoff) pairs, first match wins; see :func:`ccs_beta`.
+CCS_AUTO_BETA = ((0.6, 0.0), (0.85, 0.1), (1.01, 0.3))
+
+
+def ccs_beta(n_keep: int, n_rows: int) -> float:
+    """The hard cutoff ``beta="auto"`` gives ``ccs`` for ``n_keep`` of ``n_rows`` rows kept.
+
+    Zheng et al. (ICLR 2023, Appendix B) tune beta per pruning rate; on CIFAR-10 they use 0 at 30% and 50% pruning,
+    10% at 70% and 80%, and 30% at 90% (the official README's example: ``--coreset-ratio 0.1 --mis-ratio 0.3``).
+    The rule here follows that table: pruning rate ``1 - n_keep / n_rows`` below 0.6 -> 0, below 0.85 -> 0.1,
+    else 0.3 (:data:`CCS_AUTO_BETA`). The cut never leaves fewer rows than the budget.
+
+    Example:
+        >>> ccs_beta(1_000, 10_000), ccs_beta(3_000, 10_000), ccs_beta(5_000, 10_000)
+        (0.3, 0.1, 0.0)
+    """
+    if n_rows <= 0:
+        return 0.0
+    rate = 1.0 - n_keep / n_rows
+    beta = next(b for below, b in CCS_AUTO_BETA if rate < below)
+    return float(min(beta, max(0.0, 1.0 - n_keep / n_rows)))
+
+
+@strategy(needs=("scores|embeddings",))
+def ccs_strategy(
+    inp: StrategyInput,
+    *,
+    beta: float | str = "auto",
+    n_bins: int = 50,
+    difficulty: str = "auto",
+    hard: str = "high",
+    n_clusters: int = 100,
+    backend: str = "auto",
+) -> StrategyResult:
+    """Coverage-centric coreset selection (Zheng et al., ICLR 2023): cut the hardest ``beta`` share, then sample
+    the budget evenly across ``n_bins`` equal-width difficulty bins (small bins taken whole), at random inside a bin.
+
+    At high pruning rates, keeping only hard rows leaves whole easy regions of the data uncovered; CCS keeps every
+    difficulty level. The sampling is :func:`selector.coreset.ccs_order`.
+
+    Options:
+        beta: hard cutoff in [0, 1), or ``"auto"``: from the pruning rate as in the paper's CIFAR-10 settings
+            (:func:`ccs_beta`: 0 when keeping >= 40%, 0.1 down to 15% kept, 0.3 below).
+        n_bins: difficulty bins (the paper's k = 50).
+        difficulty: ``"auto"`` (the score column when one is given, else the prototype distance), ``"scores"``
+            (the score column: EL2N, forgetting, AUM, ``score_quality``, ...) or ``"prototype"`` (cosine distance
+            to the nearest spherical k-means centroid of the embeddings, Sorscher et al.'s self-supervised
+            prototype metric).
+        hard: which end of a score column is hard: ``"high"`` (EL2N, forgetting counts, loss) or ``"low"`` (quality
+            scores such as ``score_quality``, AUM, margins). The prototype distance is always hard when high.
+        n_clusters, backend: k-means for the prototype distance (a ``cluster_column`` is used instead if given).
+
+    ``info`` records the beta and difficulty used, the number of rows cut and the bins' sizes and quotas.
+    """
+    from selector.coreset import ccs_order
+    from selector.prototypes import centroid_distance
+
+    if difficulty not in ("auto", "scores", "prototype"):
+        raise ConfigError(f"ccs difficulty must be 'auto', 'scores' or 'prototype', got {difficulty!r}")
+    if hard not in ("high", "low"):
+        raise ConfigError(f"ccs hard must be 'high' or 'low', got {hard!r}")
+    if beta == "auto":
+        beta_used = ccs_beta(inp.budget, inp.n)
+    elif isinstance(beta, (int, float)) and not isinstance(beta, bool) and 0 <= beta < 1:
+        beta_used = float(beta)
+    else:
+        raise ConfigError(f"ccs beta must be 'auto' or a number in [0, 1), got {beta!r}")
+    source = difficulty
+    if source == "auto":
+        source = "scores" if inp.scores is not None else "prototype"
+    if inp.n == 0:
+        return StrategyResult(order=np.zeros(0, dtype=np.int64))
+    labels = None
+    if source == "scores":
+        if inp.scores is None:
+            raise ConfigError("ccs difficulty='scores' needs a score column (score_column= / scores=)")
+        values = np.asarray(inp.scores, dtype=np.float64)
+        hardness = values if hard == "high" else -values
+    else:
+        if inp.embeddings is None:
+            raise ConfigError("ccs difficulty='prototype' needs embeddings (embedding_column= / embeddings)")
+        labels, centers = fit_clusters(inp, n_clusters, backend=backend)
+        hardness = centroid_distance(inp.embeddings, centers, labels).astype(np.float64)
+    order, info = ccs_order(
+        hardness, inp.budget, beta=beta_used, n_bins=n_bins, random_state=inp.random_state, tie_rank=inp.tie_rank
+    )
+    info = {"beta": beta_used, "difficulty": source, "hard": hard if source == "scores" else "high", **info}
+    if labels is not None:
+        info["n_clusters"] = int(labels.max()) + 1
+    return StrategyResult(order=order, cluster=labels, score=-hardness, info=info)

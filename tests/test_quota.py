@@ -151,3 +151,36 @@ def test_large_k_projection_runs_vectorised():
     sizes = rng.integers(1, 200, size=k)
     q = dbp_quota(sizes, 1_000_000, d_intra=rng.uniform(0, 1, k), d_inter=rng.uniform(0, 1, k))
     assert q.sum() == 1_000_000 and np.all(q <= sizes)
+
+
+def test_quality_quota_discounts_low_quality_clusters():
+    from selector.quota import proportional_quota, quality_quota
+
+    sizes = np.array([40, 40, 20])
+    # cluster 1 holds only poor rows: its share moves to the others, it keeps its floor of one row.
+    q = quality_quota(sizes, 50, mass=np.array([36.0, 2.0, 18.0]))
+    assert q.sum() == 50 and np.all(q <= sizes) and q[1] >= 1
+    assert q[1] < proportional_quota(sizes, 50)[1]
+    assert q[0] > q[2]
+    # equal qualities give the proportional quotas; NaN mass counts 0 and an all-zero mass falls back.
+    np.testing.assert_array_equal(quality_quota(sizes, 50, mass=sizes * 0.5), proportional_quota(sizes, 50))
+    np.testing.assert_array_equal(quality_quota(sizes, 50, mass=np.zeros(3)), proportional_quota(sizes, 50))
+    assert quality_quota(sizes, 50, mass=np.array([np.nan, 1.0, 1.0])).sum() == 50
+    with pytest.raises(ConfigError, match="shape"):
+        quality_quota(sizes, 50, mass=np.ones(2))
+
+
+def test_instructiongpt4_quality_quota_keeps_a_junk_cluster_small():
+    from selector import select_arrays
+
+    rng = np.random.default_rng(0)
+    clusters = np.repeat([0, 1, 2], [40, 40, 20])
+    scores = rng.uniform(0.5, 1.0, size=100)
+    scores[clusters == 1] = rng.uniform(0.0, 0.2, size=40)  # a cluster of junk
+    prop = select_arrays(None, 50, "instructiongpt4", scores=scores, clusters=clusters)
+    qual = select_arrays(None, 50, "instructiongpt4", scores=scores, clusters=clusters, quota="quality")
+    assert qual.mask.sum() == prop.mask.sum() == 50
+    assert qual.mask[clusters == 1].sum() < prop.mask[clusters == 1].sum()
+    assert qual.mask[clusters == 1].sum() >= 1
+    with pytest.raises(ConfigError, match="needs scores"):
+        select_arrays(np.eye(100, 8, dtype="float32"), 50, "instructiongpt4", clusters=clusters, quota="quality")

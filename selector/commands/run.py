@@ -53,6 +53,8 @@ def report(result: dict) -> None:
     print(f"scores:       {result['scored']}")
     print(f"subset:       {result['selected']}")
     print(f"dataset card: {result['card']}")
+    if result.get("report"):
+        print(f"report:       {result['report']}")
 
 
 def run(args: argparse.Namespace) -> int:

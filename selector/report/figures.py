@@ -107,8 +107,8 @@ def project_2d(vectors: np.ndarray, method: str = "auto", random_state: int = 0)
         raise ConfigError(f"projection must be auto, umap or pca, not {method!r}")
     if method in ("auto", "umap") and x.shape[0] >= 20:
         try:
-            import umap
-        except ImportError:
+            from umap import UMAP
+        except ImportError:  # also a broken install whose `umap` namespace lacks UMAP
             if method == "umap":
                 from selector.errors import MissingDependencyError
 
@@ -117,7 +117,7 @@ def project_2d(vectors: np.ndarray, method: str = "auto", random_state: int = 0)
             with warnings.catch_warnings():
                 # "n_jobs value 1 overridden to 1 by setting random_state": the seed is the point here.
                 warnings.simplefilter("ignore")
-                reducer = umap.UMAP(
+                reducer = UMAP(
                     n_components=2, n_neighbors=min(15, x.shape[0] - 1), random_state=random_state, metric="cosine"
                 )
                 return np.asarray(reducer.fit_transform(x), dtype=np.float64), "UMAP"

@@ -624,3 +624,113 @@ def publish(
         raise PublishError(f"could not publish to {repo_id}: {str(exc).splitlines()[0]}") from None
     logger.info("published %d rows to %s", len(subset), repo_id)
     return f"https://huggingface.co/datasets/{repo_id}"
+
+
+IMAGE_CARD_TEMPLATE = """\
+---
+{{ card_data }}
+---
+{%- macro table(header, rows) %}
+| {{ header | join(" | ") }} |
+|{% for _ in header %}---|{% endfor %}
+{%- for row in rows %}
+| {{ row | join(" | ") }} |
+{%- endfor %}
+{%- endmacro %}
+# {{ name }}
+
+A pruned image-classification dataset: **{{ "{:,}".format(n_selected) }}** of {{ "{:,}".format(n_rows) }} images \
+of `{{ source }}` ({{ layout }}, split `{{ split }}`), kept by `vlselect prune-images` with the `{{ strategy }}` \
+strategy. The files are laid out as the source was.
+
+## How it was selected
+{{ table(["setting", "value"], settings) }}
+
+Every input image got a reason (selected or why not; `selection_rows.parquet` has one row per image):
+{{ table(["reason", "images"], reasons) }}
+{%- if errors %}
+
+Images that could not be used (missing, empty, truncated or not an image) are never selected:
+{{ table(["error", "images"], errors) }}
+{%- endif %}
+
+## Per class
+{{ table(["class", "images", "usable", "kept"], classes) }}
+{%- if warnings %}
+
+## Warnings
+{% for warning in warnings %}
+- {{ warning }}
+{%- endfor %}
+{%- endif %}
+
+## Licence and limitations
+
+The subset inherits the licence and terms of its source data. Pruning by embeddings keeps what the embedding model \
+sees as typical or diverse; check the per-class counts against your evaluation needs.
+
+## Citation
+
+Coverage-centric coreset selection (Zheng et al., ICLR 2023); SSL-prototypes and the easy/hard rule (Sorscher et \
+al., NeurIPS 2022); SemDeDup (Abbas et al., 2023); density-based pruning (Abbas et al., ICLR 2024).
+
+"""
+
+
+def build_image_card(out_dir: str, *, pretty_name: str | None = None, license: str | None = None) -> str:
+    """Render the card of a ``vlselect prune-images`` output folder from its ``manifest.json``.
+
+    Raises:
+        DataError: the folder is not a ``prune-images`` output.
+    """
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    manifest = redact(read_manifest(out_dir))
+    if manifest.get("command") != "prune-images":
+        raise DataError(f"{out_dir}: not a `vlselect prune-images` output (no manifest.json with that command)")
+    counts = manifest.get("counts", {})
+    name = pretty_name or os.path.basename(os.path.abspath(out_dir))
+    strategy = str(manifest.get("strategy"))
+    card_data = DatasetCardData(
+        pretty_name=name,
+        **license_metadata(license or manifest.get("license") or "other"),
+        task_categories=["image-classification"],
+        tags=["vlselect", "data-pruning", f"strategy-{strategy.replace(':', '-').replace('_', '-')}"],
+        size_categories=[_size_category(int(counts.get("n_selected", 0)))],
+    )
+    classes = manifest.get("classes") or {}
+    card = DatasetCard.from_template(
+        card_data,
+        template_str=IMAGE_CARD_TEMPLATE,
+        name=name,
+        n_selected=int(counts.get("n_selected", 0)),
+        n_rows=int(counts.get("n_rows", 0)),
+        source=manifest.get("source"),
+        layout=manifest.get("layout"),
+        split=manifest.get("split"),
+        strategy=strategy,
+        settings=_cells(
+            [
+                ["strategy", f"`{strategy}`"],
+                ["budget", f"{manifest.get('budget')} ({manifest.get('n_budget')} images)"],
+                ["per-class quota", f"`{manifest.get('stratify_quota')}`"],
+                ["embedding", f"`{_json_line(manifest.get('embedding'))}`"],
+                ["options", f"`{_json_line(manifest.get('options', {}))}`"],
+                ["seed", manifest.get("seed")],
+                ["vlselect", manifest.get("vlselect_version")],
+            ]
+        ),
+        reasons=_cells([[f"`{k}`", v] for k, v in (counts.get("reasons") or {}).items()]),
+        errors=_cells([[f"`{k}`", v] for k, v in (manifest.get("errors_by_kind") or {}).items()]),
+        classes=_cells([[f"`{k}`", v.get("rows"), v.get("usable"), v.get("selected")] for k, v in classes.items()]),
+        warnings=manifest.get("warnings") or [],
+    )
+    return str(card)
+
+
+def write_image_card(out_dir: str, out_path: str | None = None, **kwargs) -> str:
+    """Render :func:`build_image_card` and write it atomically (default ``<out_dir>/README.md``)."""
+    text = build_image_card(out_dir, **kwargs)
+    out_path = out_path or os.path.join(out_dir, CARD)
+    atomic_write_text(out_path, text)
+    return out_path

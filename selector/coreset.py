@@ -10,7 +10,8 @@ Training-dynamics scores read the columns of ``dynamics.parquet`` (:mod:`selecto
 - :func:`curvature_scores` (Garg & Roy, CVPR 2023): mean input loss curvature.
 
 Embedding coresets: :func:`herding` (Welling 2009, mean matching) and :func:`kcenter_greedy` (Sener & Savarese
-2018). No models and no autograd live here; :mod:`selector.training` computes the raw per-example numbers.
+2018). Coverage-centric selection: :func:`ccs_order` / :func:`ccs_bin_quota` (Zheng et al., ICLR 2023) over any
+difficulty score. No models and no autograd live here; :mod:`selector.training` computes the raw per-example numbers.
 The selection strategies built on these functions (``forgetting``, ``el2n``, ``grand``, ``curvature``,
 ``herding``, ``kcenter``) live in :mod:`selector.strategies`.
 
@@ -31,6 +32,7 @@ import numpy as np
 
 from selector.dynamics import read_dynamics  # noqa: F401  (re-exported: the old import path keeps working)
 from selector.errors import ConfigError, DataError
+from selector.rows import rng
 
 logger = logging.getLogger(__name__)
 
@@ -363,3 +365,103 @@ def _all_missing(values) -> bool:
     if values.dtype == object:
         return all(v is None or (isinstance(v, float) and v != v) for v in values.tolist())
     return bool(np.all(np.isnan(values.astype(np.float64)))) if values.size else True
+
+
+def ccs_bin_quota(sizes, budget: int) -> np.ndarray:
+    """Per-bin budgets of CCS stratified sampling (Zheng et al., ICLR 2023, Algorithm 1 and the official
+    ``bin_allocate``): visit the bins from the smallest to the largest; each takes
+    ``min(|bin|, remaining // bins_left)``, so a bin smaller than its share is taken whole and the rest is spread
+    over the larger bins.
+
+    Args:
+        sizes: (k,) rows per bin.
+        budget: rows to sample; capped at ``sizes.sum()``.
+
+    Returns:
+        (k,) int64 quotas, ``0 <= q_j <= sizes_j``, summing exactly to ``min(budget, sizes.sum())`` (a bin left
+        below its share only happens when the larger bins can absorb the remainder).
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if sizes.ndim != 1 or (sizes.size and sizes.min() < 0):
+        raise ConfigError("bin sizes must be a 1-D array of non-negative integers")
+    if isinstance(budget, bool) or int(budget) != budget or budget < 0:
+        raise ConfigError(f"a CCS budget must be a non-negative integer, got {budget!r}")
+    quota = np.zeros(sizes.shape, dtype=np.int64)
+    rest = int(min(int(budget), int(sizes.sum())))
+    visit = np.argsort(sizes, kind="stable")
+    for i, j in enumerate(visit):
+        take = min(int(sizes[j]), rest // (visit.size - i))
+        quota[j] = take
+        rest -= take
+    return quota
+
+
+def ccs_order(
+    difficulty, budget: int, *, beta: float = 0.0, n_bins: int = 50, random_state=0, tie_rank=None
+) -> tuple[np.ndarray, dict]:
+    """Coverage-centric coreset selection (CCS, Zheng et al., ICLR 2023): a preference order over rows.
+
+    1. The ``floor(beta * n)`` hardest rows (highest ``difficulty``; ties by ``tie_rank``) are cut: the paper's
+       "hard cutoff", which removes the mislabelled and atypical rows that dominate the hardest tail.
+    2. The other rows fall into ``n_bins`` equal-width bins of difficulty over ``[min, max]``.
+    3. :func:`ccs_bin_quota` splits the budget over the bins; each bin's quota is drawn uniformly at random.
+
+    The order lists the sampled rows first (in a random order), then the other rows of the bins (random order),
+    then the cut rows from the least to the most difficult (so a budget above the uncut rows is still met), then
+    rows whose difficulty is NaN.
+
+    Args:
+        difficulty: (n,) difficulty score, higher = harder (e.g. distance to the prototype, EL2N, forgetting
+            count); NaN = unknown (never sampled, last in the order).
+        budget: rows to select.
+        beta: share of the finite-difficulty rows cut as the hardest, in [0, 1).
+        n_bins: number of difficulty bins ``k`` (the paper's default 50).
+        random_state: seed of the sampling.
+        tie_rank: (n,) tie-breaker for equal difficulties (lower first), e.g. the id rank.
+
+    Returns:
+        ``(order, info)``: indices, most wanted first; ``info`` has ``n_cut``, ``cut_difficulty`` (the smallest
+        cut value, None when nothing is cut), ``difficulty_range`` (the binned ``[min, max]``), ``bin_sizes`` and
+        ``bin_quota``.
+
+    Example:
+        >>> order, info = ccs_order(np.linspace(0, 1, 100), 20, beta=0.1, n_bins=5)
+        >>> info["n_cut"], info["bin_quota"], bool(np.linspace(0, 1, 100)[order[:20]].max() < 0.9)
+        (10, [4, 4, 4, 4, 4], True)
+    """
+    d = np.asarray(difficulty, dtype=np.float64)
+    n = d.shape[0]
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
+        raise ConfigError(f"beta must be a number in [0, 1), got {beta!r}")
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise ConfigError(f"n_bins must be a positive integer, got {n_bins!r}")
+    tie = np.arange(n) if tie_rank is None else np.asarray(tie_rank)
+    generator = rng(random_state)
+    finite = np.flatnonzero(np.isfinite(d))
+    missing = np.flatnonzero(~np.isfinite(d))
+    missing = missing[np.argsort(tie[missing], kind="stable")]
+    hardest_first = finite[np.lexsort((tie[finite], -d[finite]))]
+    n_cut = int(np.floor(beta * finite.size))
+    cut, kept = hardest_first[:n_cut], hardest_first[n_cut:]
+    info: dict = {"n_cut": n_cut, "cut_difficulty": float(d[cut].min()) if n_cut else None}
+    if kept.size == 0:
+        info.update(difficulty_range=None, bin_sizes=[], bin_quota=[])
+        return np.concatenate([cut[::-1], missing]).astype(np.int64), info
+    lo, hi = float(d[kept].min()), float(d[kept].max())
+    edges = np.linspace(lo, hi, n_bins + 1)
+    bins = np.clip(np.searchsorted(edges, d[kept], side="right") - 1, 0, n_bins - 1)
+    sizes = np.bincount(bins, minlength=n_bins)
+    quota = ccs_bin_quota(sizes, min(int(budget), kept.size))
+    # a random rank inside each bin: the first quota_j rows of bin j (by this rank) are the sample.
+    draw = generator.permutation(kept.size)
+    within = np.lexsort((draw, bins))
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    rank_in_bin = np.empty(kept.size, dtype=np.int64)
+    rank_in_bin[within] = np.arange(kept.size) - np.repeat(starts, sizes)
+    chosen = rank_in_bin < quota[bins]
+    picked, rest = kept[chosen], kept[~chosen]
+    order = np.concatenate(
+        [picked[generator.permutation(picked.size)], rest[generator.permutation(rest.size)], cut[::-1], missing]
+    )
+    info.update(difficulty_range=[round(lo, 6), round(hi, 6)], bin_sizes=sizes.tolist(), bin_quota=quota.tolist())
+    return order.astype(np.int64), info

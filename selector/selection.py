@@ -45,8 +45,9 @@ Policies, applied once by the wrapper for every strategy (built-in or plugged in
    initialisation and sampling, and hence the selection, do not depend on the input row order; the same
    ``random_state`` gives the same selection; ties break by ``id`` (strategies get each row's lexicographic id
    rank as ``tie_rank``). ``stratify_column`` (e.g. ``source``) splits the pool first: each stratum gets a budget
-   proportional to its eligible size (at least one row each while the budget allows) and the strategy runs per
-   stratum, so clustering can't erase a small task. With fewer eligible rows than the budget, all eligible rows
+   proportional to its eligible size (at least one row each while the budget allows; ``stratify_quota="uniform"``:
+   the same budget for every stratum, capped by its size, the rest spread over the larger ones) and the strategy
+   runs per stratum, so clustering can't erase a small task. With fewer eligible rows than the budget, all eligible rows
    are selected and a warning is logged and stored in ``Selection.warnings``;
 6. the strategy runs per stratum; the first ``budget`` rows of its order are selected, so the budget is met
    exactly whenever enough eligible rows exist;
@@ -542,6 +543,13 @@ def _select_core(
     from selector.filters import parse_filters
 
     have = {"embeddings": embeddings is not None, "scores": scores is not None, "clusters": clusters is not None}
+    # a selection policy, not a strategy option: quotas of the stratify_column strata (see _strata).
+    options = dict(options)
+    stratify_quota = options.pop("stratify_quota", "proportional")
+    if stratify_quota not in ("proportional", "uniform"):
+        raise ConfigError(f"stratify_quota must be 'proportional' or 'uniform', got {stratify_quota!r}")
+    if strata is not None:
+        names = {**names, "stratify_quota": stratify_quota}
     request = _check_request(strategy, options, budget, n, random_state, have, hints)
     rules, filter_data = parse_filters(filters[0]), filters[1]
     if dedup is not None:
@@ -561,7 +569,7 @@ def _select_core(
     dedup_report = None
     if dedup is not None:
         dedup_report = _apply_dedup(pool, dedup, request.seed, names.get("scores") or "scores")
-    groups, warnings = _strata(pool, request.n_budget)
+    groups, warnings = _strata(pool, request.n_budget, stratify_quota)
     assembly = _Assembly(pool, warnings)
     for g, (key, rows, group_budget) in enumerate(groups):
         if rows.size:
@@ -755,9 +763,16 @@ def _apply_dedup(pool: _Pool, spec: _DedupSpec, seed: int, score_name: str | Non
     return report
 
 
-def _strata(pool: _Pool, n_budget: int) -> tuple[list[tuple[str, np.ndarray, int]], list[str]]:
-    """The eligible rows in stable-hash order, split into strata with a budget each; and any warnings."""
-    from selector.quota import proportional_quota
+def _strata(
+    pool: _Pool, n_budget: int, quota: str = "proportional"
+) -> tuple[list[tuple[str, np.ndarray, int]], list[str]]:
+    """The eligible rows in stable-hash order, split into strata with a budget each; and any warnings.
+
+    ``quota``: ``"proportional"`` (to each stratum's eligible rows, at least one each while the budget allows) or
+    ``"uniform"`` (the same for every stratum, capped by its rows, the rest spread over the larger strata: the
+    class-balanced pruning of image classification); both sum exactly to the budget.
+    """
+    from selector.quota import proportional_quota, uniform_quota
 
     order = hash_order(pool.ids)
     candidates = order[pool.eligible[order]]
@@ -777,7 +792,8 @@ def _strata(pool: _Pool, n_budget: int) -> tuple[list[tuple[str, np.ndarray, int
         return [("all", candidates, total)], warnings
     keys = sorted(set(pool.strata[candidates].tolist()))
     groups = [candidates[pool.strata[candidates] == key] for key in keys]
-    budgets = proportional_quota(np.array([g.size for g in groups]), total).tolist()
+    split = uniform_quota if quota == "uniform" else proportional_quota
+    budgets = split(np.array([g.size for g in groups]), total).tolist()
     return list(zip(keys, groups, (int(b) for b in budgets))), warnings
 
 

@@ -186,6 +186,16 @@ def _open_small(data: bytes):
     return to_rgb(image)
 
 
+def hash_image(data: bytes, method: str, hash_size: int = 8) -> int:
+    """The ``hash_size**2``-bit perceptual hash of encoded image bytes; ``method`` is ``"phash"`` or ``"dhash"``
+    (resolve ``"auto"`` with :func:`resolve_hash_method` first).
+
+    Raises:
+        OSError, ValueError, SyntaxError: the bytes do not decode as an image.
+    """
+    return (_phash if method == "phash" else _dhash)(_open_small(data), hash_size)
+
+
 def resolve_hash_method(method: str) -> str:
     """``"auto"`` -> ``"phash"`` when imagehash is installed, else ``"dhash"``; ``"phash"`` requires imagehash.
 
@@ -203,41 +213,72 @@ def resolve_hash_method(method: str) -> str:
     raise DataError(f"unknown image hash method {method!r}: expected 'auto', 'phash' or 'dhash'")
 
 
-def _nearest_earlier(hashes: list[int | None], max_distance: int, n_bits: int) -> list[tuple[int, int] | None]:
-    """For each hash, the (index, distance) of the closest earlier hash within ``max_distance`` (ties: earliest).
+class _BandIndex:
+    """Hashes searchable by Hamming distance: multi-index hashing.
 
-    Multi-index hashing: split the bits into ``max_distance + 1`` bands; two hashes within ``max_distance`` bits
-    agree exactly on at least one band (pigeonhole), so only rows sharing a band value are compared.
+    The bits are split into ``max_distance + 1`` bands; two hashes within ``max_distance`` bits agree exactly on
+    at least one band (pigeonhole), so :meth:`nearest` compares only hashes sharing a band value.
     """
-    n_bands = min(max_distance + 1, n_bits)
-    edges = [round(i * n_bits / n_bands) for i in range(n_bands + 1)]
-    masks = [((1 << (hi - lo)) - 1, lo) for lo, hi in zip(edges, edges[1:])]
-    buckets: list[dict[int, list[int]]] = [{} for _ in masks]
-    first_of: dict[int, int] = {}  # distinct hash value -> first row index
-    result: list[tuple[int, int] | None] = []
-    for index, value in enumerate(hashes):
-        if value is None:
-            result.append(None)
-            continue
-        if value in first_of:
-            result.append((first_of[value], 0))
-            continue
+
+    def __init__(self, max_distance: int, n_bits: int):
+        self.max_distance = max_distance
+        n_bands = min(max_distance + 1, n_bits)
+        edges = [round(i * n_bits / n_bands) for i in range(n_bands + 1)]
+        self.masks = [((1 << (hi - lo)) - 1, lo) for lo, hi in zip(edges, edges[1:])]
+        self.buckets: list[dict[int, list[int]]] = [{} for _ in self.masks]
+        self.hashes: dict[int, int] = {}  # index -> hash
+        self.first_of: dict[int, int] = {}  # distinct hash value -> first index added
+
+    def add(self, index: int, value: int) -> None:
+        """Add ``value`` under ``index`` (indices must be added in increasing order)."""
+        if value in self.first_of:
+            return  # an identical hash is already there, and it wins every tie
+        self.hashes[index] = value
+        self.first_of[value] = index
+        for band, (mask, shift) in enumerate(self.masks):
+            self.buckets[band].setdefault((value >> shift) & mask, []).append(index)
+
+    def nearest(self, value: int) -> tuple[int, int] | None:
+        """(index, distance) of the closest added hash within ``max_distance`` (ties: earliest), or None."""
+        if value in self.first_of:
+            return (self.first_of[value], 0)
         best: tuple[int, int] | None = None
-        if max_distance > 0:
+        if self.max_distance > 0:
             seen: set[int] = set()
-            for band, (mask, shift) in enumerate(masks):
-                for other in buckets[band].get((value >> shift) & mask, ()):
+            for band, (mask, shift) in enumerate(self.masks):
+                for other in self.buckets[band].get((value >> shift) & mask, ()):
                     if other in seen:
                         continue
                     seen.add(other)
-                    distance = (hashes[other] ^ value).bit_count()
-                    if distance <= max_distance and (best is None or (distance, other) < (best[1], best[0])):
+                    distance = (self.hashes[other] ^ value).bit_count()
+                    if distance <= self.max_distance and (best is None or (distance, other) < (best[1], best[0])):
                         best = (other, distance)
-        result.append(best)
-        first_of[value] = index
-        for band, (mask, shift) in enumerate(masks):
-            buckets[band].setdefault((value >> shift) & mask, []).append(index)
+        return best
+
+
+def _nearest_earlier(hashes: list[int | None], max_distance: int, n_bits: int) -> list[tuple[int, int] | None]:
+    """For each hash, the (index, distance) of the closest earlier hash within ``max_distance`` (ties: earliest)."""
+    index = _BandIndex(max_distance, n_bits)
+    result: list[tuple[int, int] | None] = []
+    for position, value in enumerate(hashes):
+        if value is None:
+            result.append(None)
+            continue
+        result.append(index.nearest(value))
+        index.add(position, value)
     return result
+
+
+def nearest_in(
+    reference: Sequence[int | None], queries: Sequence[int | None], max_distance: int, n_bits: int
+) -> list[tuple[int, int] | None]:
+    """For each query hash, the (index into ``reference``, distance) of the closest reference hash within
+    ``max_distance`` bits (ties: the earliest reference), or None; None hashes match nothing."""
+    index = _BandIndex(max_distance, n_bits)
+    for position, value in enumerate(reference):
+        if value is not None:
+            index.add(position, value)
+    return [None if value is None else index.nearest(value) for value in queries]
 
 
 def near_duplicates(dataset, max_distance: int = 4, method: str = "auto", hash_size: int = 8):
@@ -257,7 +298,6 @@ def near_duplicates(dataset, max_distance: int = 4, method: str = "auto", hash_s
     method = resolve_hash_method(method)
     if hash_size < 2 or max_distance < 0:
         raise DataError(f"hash_size must be >= 2 and max_distance >= 0; got {hash_size} and {max_distance}")
-    hash_fn = _phash if method == "phash" else _dhash
     n_bits = hash_size * hash_size
     ids: list[str] = []
     hashes: list[int | None] = []
@@ -269,7 +309,7 @@ def near_duplicates(dataset, max_distance: int = 4, method: str = "auto", hash_s
             hashes.append(None)
             continue
         try:
-            hashes.append(hash_fn(_open_small(data), hash_size))
+            hashes.append(hash_image(data, method, hash_size))
         except (OSError, ValueError, SyntaxError) as exc:
             logger.warning("row %s: the image could not be decoded for hashing (%s)", row["id"], exc)
             hashes.append(None)
@@ -468,7 +508,9 @@ __all__ = [
     "CHECK_COLUMNS",
     "basic_rules",
     "exact_duplicates",
+    "hash_image",
     "near_duplicates",
+    "nearest_in",
     "resolve_hash_method",
     "run_checks",
     "summarize_checks",

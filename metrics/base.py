@@ -323,12 +323,22 @@ def error_mask(batch: dict[str, list]) -> np.ndarray:
     return ~usable_mask(None if errors is None else errors, n)
 
 
+# Text fields that :func:`batch_texts` derives from the ``messages`` column; any other field is a column name.
+MESSAGE_FIELDS = ("instruction", "response", "conversation")
+
+
+def text_columns(*fields: str) -> list[str]:
+    """The dataset columns :func:`batch_texts` reads for ``fields``, in order without repeats: ``messages`` for
+    ``instruction``/``response``/``conversation``, else the field itself (a plain string column)."""
+    return list(dict.fromkeys("messages" if field in MESSAGE_FIELDS else field for field in fields))
+
+
 def batch_texts(batch: dict[str, list], field: str) -> list[str | None]:
     """Per-row text of ``field``: ``"instruction"``, ``"response"``, ``"conversation"`` (all turns joined) or
     the name of a plain string column. None where the text is missing."""
     from selector.data import schema
 
-    if field in ("instruction", "response", "conversation"):
+    if field in MESSAGE_FIELDS:
         out = []
         for messages in batch["messages"]:
             if field == "instruction":

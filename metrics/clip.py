@@ -25,6 +25,7 @@ from metrics.base import (
     nan_array,
     pooled,
     split_sentences,
+    text_columns,
     token_limit,
 )
 
@@ -96,8 +97,7 @@ class ClipScore(ModelMetric):
         self.split_sentences = split_sentences
 
     def required_columns(self) -> list[str]:
-        text = ["messages"] if self.text_field in ("instruction", "response", "conversation") else [self.text_field]
-        return ["id", "image", "images", *text, "error"]
+        return ["id", "image", "images", *text_columns(self.text_field), "error"]
 
     def _validate(self) -> None:
         from selector.errors import ConfigError

@@ -24,6 +24,7 @@ from metrics.base import (
     load_images,
     nan_array,
     pooled,
+    text_columns,
     token_limit,
 )
 
@@ -136,8 +137,7 @@ class EmbeddingMetric(ModelMetric):
     def required_columns(self) -> list[str]:
         if self.modality == "image":
             return ["id", "image", "images", "error"]
-        text = ["messages"] if self.text_field in ("instruction", "response", "conversation") else [self.text_field]
-        return ["id", *text, "error"]
+        return ["id", *text_columns(self.text_field), "error"]
 
     def _validate(self) -> None:
         from selector.errors import ConfigError

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from metrics.base import Metric, batch_texts, error_mask
+from metrics.base import Metric, batch_texts, error_mask, text_columns
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +57,7 @@ class LengthMetric(Metric):
         self.revision = revision
 
     def required_columns(self) -> list[str]:
-        if self.text_field in ("instruction", "response", "conversation"):
-            return ["id", "messages", "error"]
-        return ["id", self.text_field, "error"]
+        return ["id", *text_columns(self.text_field), "error"]
 
     def output_columns(self) -> list[str]:
         cols = [self.column(), self.column("words")]

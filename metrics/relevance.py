@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from metrics.base import ModelMetric, Requirement, batch_texts, error_mask, nan_array
+from metrics.base import ModelMetric, Requirement, batch_texts, error_mask, nan_array, text_columns
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +91,7 @@ class RelevanceScore(ModelMetric):
         self.response_field = response_field
 
     def required_columns(self) -> list[str]:
-        cols = ["id"]
-        for field in (self.instruction_field, self.response_field):
-            cols.append("messages" if field in ("instruction", "response", "conversation") else field)
+        cols = ["id", *text_columns(self.instruction_field, self.response_field)]
         if self.clip_model_name_or_path:
             cols += ["image", "images"]
         return list(dict.fromkeys(cols + ["error"]))

@@ -10,7 +10,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from metrics.base import ModelMetric, Requirement, batch_texts, chunks, error_mask, nan_array, token_limit
+from metrics.base import (
+    ModelMetric,
+    Requirement,
+    batch_texts,
+    chunks,
+    error_mask,
+    nan_array,
+    text_columns,
+    token_limit,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +84,7 @@ class RewardScore(ModelMetric):
         self.response_field = response_field
 
     def required_columns(self) -> list[str]:
-        cols = ["id"]
-        for field in (self.instruction_field, self.response_field):
-            cols.append("messages" if field in ("instruction", "response", "conversation") else field)
-        return list(dict.fromkeys(cols + ["error"]))
+        return list(dict.fromkeys(["id", *text_columns(self.instruction_field, self.response_field), "error"]))
 
     def output_columns(self) -> list[str]:
         return [self.column(), self.column("truncated")]

@@ -33,7 +33,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from metrics.base import Metric, Requirement, batch_texts, error_mask, nan_array
+from metrics.base import Metric, Requirement, batch_texts, error_mask, nan_array, text_columns
 
 logger = logging.getLogger(__name__)
 
@@ -143,9 +143,7 @@ class TextQuality(Metric):
         self.language_id = language_id
 
     def required_columns(self) -> list[str]:
-        if self.text_field in ("instruction", "response", "conversation"):
-            return ["id", "messages", "error"]
-        return ["id", self.text_field, "error"]
+        return ["id", *text_columns(self.text_field), "error"]
 
     def output_columns(self) -> list[str]:
         return [self.column()] + [self.column(part) for part in _PARTS]

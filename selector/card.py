@@ -50,7 +50,8 @@ _SECRET = re.compile(r"(^|_)(api_?key|key|token|secret|password|authorization|au
 _LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
 _MAX_CLUSTER_ROWS = 50
 
-DATASET_CARD_TEMPLATE = """\
+# Front matter and the markdown table macro that both card templates start with.
+_CARD_HEAD = """\
 ---
 {{ card_data }}
 ---
@@ -61,6 +62,11 @@ DATASET_CARD_TEMPLATE = """\
 | {{ row | join(" | ") }} |
 {%- endfor %}
 {%- endmacro %}
+"""
+
+DATASET_CARD_TEMPLATE = (
+    _CARD_HEAD
+    + """\
 # {{ name }}
 
 {% if pool_rows is not none -%}
@@ -200,6 +206,7 @@ Selection methods: InstructionGPT-4 (Wei et al., 2023, arXiv:2308.12067); densit
 ICLR 2024, arXiv:2401.04578); SemDeDup (Abbas et al., 2023); SSL-prototypes (Sorscher et al., NeurIPS 2022).
 
 """
+)
 
 MODEL_CARD_TEMPLATE = """\
 ---
@@ -626,17 +633,9 @@ def publish(
     return f"https://huggingface.co/datasets/{repo_id}"
 
 
-IMAGE_CARD_TEMPLATE = """\
----
-{{ card_data }}
----
-{%- macro table(header, rows) %}
-| {{ header | join(" | ") }} |
-|{% for _ in header %}---|{% endfor %}
-{%- for row in rows %}
-| {{ row | join(" | ") }} |
-{%- endfor %}
-{%- endmacro %}
+IMAGE_CARD_TEMPLATE = (
+    _CARD_HEAD
+    + """\
 # {{ name }}
 
 A pruned image-classification dataset: **{{ "{:,}".format(n_selected) }}** of {{ "{:,}".format(n_rows) }} images \
@@ -675,6 +674,7 @@ Coverage-centric coreset selection (Zheng et al., ICLR 2023); SSL-prototypes and
 al., NeurIPS 2022); SemDeDup (Abbas et al., 2023); density-based pruning (Abbas et al., ICLR 2024).
 
 """
+)
 
 
 def build_image_card(out_dir: str, *, pretty_name: str | None = None, license: str | None = None) -> str:

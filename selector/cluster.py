@@ -41,6 +41,7 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils.validation import check_is_fitted
 
 from selector.errors import ConfigError, DataError, DataTypeError, require
+from selector.rows import seed_from
 
 logger = logging.getLogger(__name__)
 
@@ -98,20 +99,6 @@ def resolve_backend(backend: str) -> str:
     if backend == "faiss":
         require("faiss", "faiss", "faiss k-means")
     return backend
-
-
-def seed_from(random_state) -> int:
-    """An int seed from ``random_state`` (int, None, ``np.random.Generator`` or ``RandomState``), as scikit-learn
-    reads it: None draws a fresh seed, a generator gives its next draw."""
-    if random_state is None:
-        return int(np.random.SeedSequence().generate_state(1)[0] % (2**31 - 1))
-    if isinstance(random_state, np.random.Generator):
-        return int(random_state.integers(0, 2**31 - 1))
-    if isinstance(random_state, np.random.RandomState):
-        return int(random_state.randint(0, 2**31 - 1))
-    if isinstance(random_state, (bool, float)) or not isinstance(random_state, (int, np.integer)):
-        raise ConfigError(f"random_state must be an int or None, got {random_state!r}")
-    return int(random_state) % (2**31 - 1)
 
 
 def validate_rows(X, *, estimator=None, reset: bool = True, name: str = "X") -> np.ndarray:

@@ -68,6 +68,7 @@ from selector.cluster import BalancedKMeans
 from selector.errors import ConfigError, DataError
 from selector.fileio import json_safe, write_json, write_jsonl
 from selector.rows import embedding_matrix, hash_order, is_usable_error, pool_digest
+from selector.training.data import column_list
 from selector.training.evaluation import EVAL_SCORES  # score -> +1/-1 (higher/lower is better); label = sign * score
 
 logger = logging.getLogger(__name__)
@@ -135,11 +136,6 @@ class Partition:
         )
 
 
-def _column(dataset, name: str) -> list:
-    """One column as a Python list, honouring ``select``/``shuffle`` index mappings."""
-    return dataset.select_columns([name])[:][name]
-
-
 def embedding_columns_of(dataset, columns: Sequence[str] | None = None) -> list[str]:
     """The ``emb_*`` columns to cluster on: ``columns`` checked against ``dataset``, or all of them sorted.
 
@@ -182,7 +178,7 @@ def partition_settings(
         raise ConfigError(f"n_subsets must be a positive integer, got {n_subsets!r}")
     if "id" not in dataset.column_names:
         raise DataError("the dataset has no `id` column")
-    ids = [str(i) for i in _column(dataset, "id")]
+    ids = [str(i) for i in column_list(dataset, "id")]
     if len(set(ids)) != len(ids):
         raise DataError("ids are not unique; subsets and labels are keyed by id")
     return {
@@ -224,11 +220,11 @@ def partition_pool(
     from selector.cluster import l2_normalize
 
     settings = partition_settings(dataset, n_subsets, embedding_columns=embedding_columns, random_state=random_state)
-    ids = [str(i) for i in _column(dataset, "id")]
+    ids = [str(i) for i in column_list(dataset, "id")]
     columns = settings["embedding_columns"]
     n = len(ids)
     dropped: dict[str, str] = {}
-    errors = _column(dataset, "error") if "error" in dataset.column_names else [None] * n
+    errors = column_list(dataset, "error") if "error" in dataset.column_names else [None] * n
     blocks = []
     present = np.zeros(n, dtype=bool)
     for column in columns:
@@ -477,7 +473,7 @@ def _resolved_recipe(config_path: str, overrides: dict[str, Any], pool_path: str
 
 def _check_val_overlap(val: list[tuple[str, str]], pool_ids: set[str]) -> dict[str, int]:
     """Load every validation set once (fails early on a bad one), warn about pool ids it shares; ``{name: rows}``."""
-    from selector.training.data import column_list, load_rows
+    from selector.training.data import load_rows
 
     sizes = {}
     for name, path in val:

@@ -33,9 +33,9 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from selector.cluster import KMeans, l2_normalize, seed_from, validate_rows
+from selector.cluster import KMeans, l2_normalize, validate_rows
 from selector.errors import ConfigError, DataError
-from selector.rows import parse_budget, resolve_budget
+from selector.rows import parse_budget, resolve_budget, seed_from
 
 logger = logging.getLogger(__name__)
 

@@ -251,6 +251,24 @@ def check_seed(random_state: Any, *, name: str = "random_state") -> int:
     return int(random_state)
 
 
+def seed_from(random_state: Any) -> int:
+    """An int seed from ``random_state`` (int, None, ``np.random.Generator`` or ``RandomState``), as scikit-learn
+    reads it: None draws a fresh seed, a generator gives its next draw.
+
+    The estimators in :mod:`selector.cluster` and :mod:`selector.prototypes` use this (scikit-learn's convention);
+    the selection strategies use :func:`check_seed`, where None is the fixed seed 0 so a run repeats by default.
+    """
+    if random_state is None:
+        return int(np.random.SeedSequence().generate_state(1)[0] % (2**31 - 1))
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(0, 2**31 - 1))
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(0, 2**31 - 1))
+    if isinstance(random_state, (bool, float)) or not isinstance(random_state, (int, np.integer)):
+        raise ConfigError(f"random_state must be an int or None, got {random_state!r}")
+    return int(random_state) % (2**31 - 1)
+
+
 def rng(random_state: Any) -> np.random.Generator:
     """A numpy Generator from an int seed (see :func:`check_seed`)."""
     return np.random.default_rng(check_seed(random_state))

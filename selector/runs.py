@@ -135,19 +135,9 @@ def write_selection(
         "warnings": selection.warnings,
     }
 
-    parent = os.path.dirname(out) or "."
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".select-", dir=parent)
-    try:
-        result.save_to_disk(staging)
-        write_selection_rows(os.path.join(staging, SELECTION_ROWS), selection)
-        write_json(os.path.join(staging, MANIFEST), manifest)
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging)
+    write_dataset_folder(
+        result, out, {SELECTION_ROWS: lambda path: write_selection_rows(path, selection), MANIFEST: manifest}
+    )
     return manifest
 
 
@@ -177,7 +167,9 @@ def check_out_folder(out: str, *, source: str | None = None, overwrite: bool = F
 
 
 def write_dataset_folder(dataset, out: str, files: dict[str, Any]) -> None:
-    """Write ``dataset`` (``save_to_disk``) and JSON ``files`` (name -> data) into ``out`` atomically.
+    """Write ``dataset`` (``save_to_disk``) and ``files`` into ``out`` atomically.
+
+    ``files`` maps a file name to JSON data, or to a callable that writes the file given its path (e.g. Parquet).
 
     Everything is written to a folder beside ``out`` and renamed into place, so an interrupted write never leaves
     a half-written result; an existing ``out`` is replaced (check it first with :func:`check_out_folder`).
@@ -189,7 +181,10 @@ def write_dataset_folder(dataset, out: str, files: dict[str, Any]) -> None:
     try:
         dataset.save_to_disk(staging)
         for name, data in files.items():
-            write_json(os.path.join(staging, name), data)
+            if callable(data):
+                data(os.path.join(staging, name))
+            else:
+                write_json(os.path.join(staging, name), data)
         if os.path.exists(out):
             shutil.rmtree(out)
         os.replace(staging, out)

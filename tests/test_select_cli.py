@@ -95,7 +95,7 @@ def test_keep_rejected_options_and_overwrite(tmp_path):
     assert main([*args, "-o", "n_clusters=3"]) == 2
     assert main([*args, "-o", "n_clusters=2", "--overwrite"]) == 0
     assert json.loads((out / "manifest.json").read_text())["options"]["n_clusters"] == 2
-    assert not [p for p in os.listdir(tmp_path) if p.startswith(".select-")]
+    assert not [p for p in os.listdir(tmp_path) if p.startswith((".select-", ".vlselect-"))]
 
 
 def test_stratify_and_topk_column(tmp_path):

@@ -6,6 +6,7 @@ import argparse
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from selector.commands.select import add_option_argument
     from selector.images import DEFAULT_EMBEDDING_MODEL
 
     parser = subparsers.add_parser(
@@ -40,14 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", default=None, help="resumable embedding shards (default OUT.embeddings)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available)")
-    parser.add_argument(
-        "-o",
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="strategy option, repeatable (e.g. -o n_clusters=50 -o beta=0.1 -o keep=auto); values are YAML",
-    )
+    add_option_argument(parser, "-o n_clusters=50 -o beta=0.1 -o keep=auto")
     parser.add_argument("--license", default="other", help="licence id for the card (default other)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")

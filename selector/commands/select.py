@@ -96,14 +96,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--cluster-column", default=None, help="cluster_* column with precomputed clusters")
     parser.add_argument("--stratify-column", default=None, help="apply quotas per value of this column (e.g. source)")
-    parser.add_argument(
-        "-o",
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="strategy option, repeatable (e.g. -o n_clusters=50 -o keep=easy -o eps=0.05); values are YAML",
-    )
+    add_option_argument(parser, "-o n_clusters=50 -o keep=easy -o eps=0.05")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier result")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
@@ -116,6 +109,18 @@ def parse_budget(text: str) -> int | float:
     from selector.rows import parse_budget as parse
 
     return parse(text, name="--budget")
+
+
+def add_option_argument(parser: argparse.ArgumentParser, example: str) -> None:
+    """Add the repeatable ``-o/--option KEY=VALUE`` strategy flag (read back with :func:`parse_options`)."""
+    parser.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"strategy option, repeatable (e.g. {example}); values are YAML",
+    )
 
 
 def parse_options(items: list[str]) -> dict:
@@ -184,16 +189,6 @@ def select_kwargs(args: argparse.Namespace, dataset) -> dict:
     }
 
 
-def _prepare_out(out: str, overwrite: bool) -> None:
-    from selector.errors import ConfigError
-
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        if not overwrite:
-            raise ConfigError(f"--out {out} exists and is not empty; pass --overwrite to replace an earlier result")
-        if not (os.path.isdir(out) and os.path.exists(os.path.join(out, "state.json"))):
-            raise ConfigError(f"--out {out} does not look like an earlier result (no state.json); not replacing it")
-
-
 def print_summary(selection, out: str) -> None:
     summary = selection.summary()
     reasons = ", ".join(f"{k} {v}" for k, v in summary["reasons"].items())
@@ -211,7 +206,7 @@ def print_summary(selection, out: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from selector.runs import load_scored, write_selection
+    from selector.runs import check_out_folder, load_scored, write_selection
     from selector.selection import select
 
     if args.quiet:
@@ -220,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
         disable_progress_bar()
     budget = parse_budget(args.budget)
     out = os.path.abspath(args.out)
-    _prepare_out(out, args.overwrite)
+    check_out_folder(out, overwrite=args.overwrite)
     dataset = load_scored(args.scored_dir)
     # flags are checked before the quality score loads a selector or reads columns.
     spec = quality_spec(args)

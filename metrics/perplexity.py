@@ -93,6 +93,8 @@ class Perplexity(ModelMetric):
     """
 
     higher_is_better: ClassVar[bool] = False
+    #: IFD high = the instruction explains the answer poorly; end high = the answer stops where the model would not.
+    part_higher_is_better: ClassVar[dict[str, bool]] = {"ifd": False, "end": False, "truncated": False}
     requires: ClassVar[tuple[Requirement, ...]] = (
         Requirement("torch", "the perplexity metric"),
         Requirement("transformers", "the perplexity metric"),

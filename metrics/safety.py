@@ -123,6 +123,14 @@ class SafetyScore(Metric):
     """
 
     higher_is_better: ClassVar[bool] = True
+    #: profanity probability and personal-data counts: lower is safer.
+    part_higher_is_better: ClassVar[dict[str, bool]] = {
+        "profanity": False,
+        "emails": False,
+        "phones": False,
+        "cards": False,
+        "ips": False,
+    }
     requires: ClassVar[tuple[Requirement, ...]] = (
         Requirement(
             "profanity_check",

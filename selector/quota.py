@@ -192,15 +192,17 @@ def quality_quota(sizes, budget: int, mass) -> np.ndarray:
     """Quotas proportional to each cluster's quality mass, exact total.
 
     ``mass_j`` is the sum over cluster j's rows of a quality in [0, 1] (e.g. the percentile rank of
-    ``score_quality``; a NaN quality counts 0), i.e. the cluster size discounted by how good its rows are. With
-    equal qualities this is :func:`proportional_quota`. Every non-empty cluster keeps at least one row while
-    ``budget >= number of non-empty clusters`` (diversity is kept); a cluster never gets more than its size, and
-    the share it cannot take goes to the others by the same Euclidean projection as DBP's.
+    ``score_quality``; a NaN quality counts 0), i.e. the cluster size discounted by how good its rows are. The
+    quota is ``clip(c * mass_j, floor_j, |C_j|)`` with the one scale ``c`` that makes the total right (water
+    filling: a cluster that runs out of rows passes its share on to the others *in proportion to their mass*, so
+    a cluster of poor rows stays small even when the budget is most of the pool). With equal qualities this is
+    :func:`proportional_quota`. Every non-empty cluster keeps at least one row while
+    ``budget >= number of non-empty clusters``, so no region of the data disappears.
 
     Args:
         sizes: (k,) number of eligible rows per cluster.
         budget: rows to select; capped at ``sizes.sum()``.
-        mass: (k,) non-negative quality mass per cluster, at most ``sizes``.
+        mass: (k,) non-negative quality mass per cluster.
 
     Returns:
         (k,) int64 quotas, ``0 <= q_j <= sizes_j``, summing to ``min(budget, sizes.sum())``.
@@ -210,15 +212,29 @@ def quality_quota(sizes, budget: int, mass) -> np.ndarray:
     mass = np.asarray(mass, dtype=np.float64)
     if mass.shape != sizes.shape:
         raise ConfigError(f"quality mass has shape {mass.shape}, cluster sizes {sizes.shape}")
-    mass = np.where(np.isfinite(mass), np.clip(mass, 0.0, None), 0.0)
+    mass = np.where(np.isfinite(mass) & (sizes > 0), np.clip(mass, 0.0, None), 0.0)
     if total == 0:
         return np.zeros(sizes.shape, dtype=np.int64)
     if mass.sum() <= 0:
         return proportional_quota(sizes, total)
     nonempty = sizes > 0
     floor = nonempty.astype(np.int64) if total >= int(nonempty.sum()) else np.zeros_like(sizes)
-    target = total * mass / mass.sum()
-    x = project_capped_simplex(target, floor, sizes, total)
+    upper = sizes.astype(np.float64)
+    # clusters with no mass can still be filled once every other cluster is full.
+    filled = lambda c: np.clip(c * mass, floor, upper).sum()  # noqa: E731
+    if filled(np.inf) < total:
+        x = np.where(mass > 0, upper, floor).astype(np.float64)
+        x = project_capped_simplex(x, x, upper, total)
+    else:
+        lo, hi = 0.0, 1.0
+        while filled(hi) < total:
+            hi *= 2.0
+        for _ in range(100):  # bisection on the scale; the sum is monotone in c
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if filled(mid) < total else (lo, mid)
+        x = np.clip(hi * mass, floor, upper)
+        x = x * (total / x.sum()) if x.sum() > 0 else x
+        x = np.clip(x, floor, upper)
     return round_preserving_total(x, floor, sizes, total)
 
 

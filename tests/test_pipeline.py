@@ -285,6 +285,7 @@ def test_recommended_pipeline_with_tiny_models(
         "score_relevance_image",
         "score_text_quality",
         "score_perplexity",
+        "score_perplexity_end",
     ]
     assert len(manifest["filters"]["rules"]) == len(values["filters"])
     assert manifest["dedup"]["columns"] == ["emb_image", "emb_text"]

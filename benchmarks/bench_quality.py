@@ -183,7 +183,14 @@ def run_variant(variant: str, args, notes: list[str]) -> dict:
     if "score_length" not in ds.column_names:
         ds = selector.score(ds, ["length"], progress=False)  # the length-only baseline needs it
     if QUALITY not in ds.column_names:
-        ds = add_default_quality(ds, notes)
+        # the scored folder holds the metrics; the pipeline adds score_quality at selection time, so rebuild the
+        # same combination here for the AUROC and top-k rows.
+        if config.quality:
+            from selector.pipeline import add_quality
+
+            ds = add_quality(ds, config.quality)[0]
+        else:
+            ds = add_default_quality(ds, notes)
 
     selections = {f"pipeline: {description}": result["selection"].mask}
     random_masks = [selector.select(ds, budget, "random", random_state=seed).mask for seed in range(args.seeds)]

@@ -98,7 +98,9 @@ def read_json(path: str | os.PathLike) -> Any:
     except FileNotFoundError:
         raise DataError(f"{os.fspath(path)}: no such file") from None
     except json.JSONDecodeError as exc:
-        raise DataError(f"{os.fspath(path)}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        raise DataError(
+            f"{os.fspath(path)}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
 
 
 def load_yaml_mapping(path: str | os.PathLike, *, what: str = "config file") -> dict[str, Any]:

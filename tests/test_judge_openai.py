@@ -415,7 +415,9 @@ def test_flat_keys_route_to_the_backend_options(tmp_path, caplog):
 def test_cache_keys_are_stable_across_versions(tmp_path):
     """The cache key formula is a file format: existing caches must keep answering after a refactor."""
     batch = _batch([("What is it?", "A cat.")])
-    judge = Judge(model="m", prompt="instructiongpt4@v1", temperature=0.5, extra_body={"seed": 1}, cache_dir=str(tmp_path))
+    judge = Judge(
+        model="m", prompt="instructiongpt4@v1", temperature=0.5, extra_body={"seed": 1}, cache_dir=str(tmp_path)
+    )
     assert judge._prepare(batch)[0][1] == "db5f62b216fc25eda2f3b6d837ed7fd3006828f8c7afce76246692e43add37b3"
 
 

@@ -220,21 +220,20 @@ def quality_quota(sizes, budget: int, mass) -> np.ndarray:
     nonempty = sizes > 0
     floor = nonempty.astype(np.int64) if total >= int(nonempty.sum()) else np.zeros_like(sizes)
     upper = sizes.astype(np.float64)
-    # clusters with no mass can still be filled once every other cluster is full.
-    filled = lambda c: np.clip(c * mass, floor, upper).sum()  # noqa: E731
-    if filled(np.inf) < total:
-        x = np.where(mass > 0, upper, floor).astype(np.float64)
-        x = project_capped_simplex(x, x, upper, total)
+    # the most the mass-weighted shares can hold: clusters with mass full, clusters without at their floor.
+    full = np.where(mass > 0, upper, floor)
+    if full.sum() < total:
+        # the rest goes to the clusters without quality mass, evenly within their sizes.
+        x = project_capped_simplex(full, full, upper, total)
     else:
+        filled = lambda c: np.clip(c * mass, floor, upper).sum()  # noqa: E731
         lo, hi = 0.0, 1.0
-        while filled(hi) < total:
+        while filled(hi) < total:  # ends: filled(c) reaches full.sum() >= total at a finite c
             hi *= 2.0
         for _ in range(100):  # bisection on the scale; the sum is monotone in c
             mid = 0.5 * (lo + hi)
             lo, hi = (mid, hi) if filled(mid) < total else (lo, mid)
         x = np.clip(hi * mass, floor, upper)
-        x = x * (total / x.sum()) if x.sum() > 0 else x
-        x = np.clip(x, floor, upper)
     return round_preserving_total(x, floor, sizes, total)
 
 

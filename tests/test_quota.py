@@ -184,3 +184,13 @@ def test_instructiongpt4_quality_quota_keeps_a_junk_cluster_small():
     assert qual.mask[clusters == 1].sum() >= 1
     with pytest.raises(ConfigError, match="needs scores"):
         select_arrays(np.eye(100, 8, dtype="float32"), 50, "instructiongpt4", clusters=clusters, quota="quality")
+
+
+def test_quality_quota_fills_clusters_without_mass_when_the_others_are_full():
+    from selector.quota import quality_quota
+
+    # cluster 1 has no quality mass (all NaN scores) but the budget needs its rows: it must not hang.
+    q = quality_quota(np.array([5, 5, 4]), 12, mass=np.array([3.0, 0.0, 2.0]))
+    assert q.tolist() == [5, 3, 4]
+    q = quality_quota(np.array([5, 5]), 8, mass=np.array([1.0, np.nan]))
+    assert q.tolist() == [5, 3]

@@ -328,3 +328,14 @@ def test_report_in_headless_chromium(report_path):
             assert not problems, problems
         finally:
             browser.close()
+
+
+def test_secret_looking_options_are_redacted(run_dir, tmp_path):
+    shutil.copytree(os.path.join(run_dir, "scored"), tmp_path / "scored")
+    shutil.copytree(os.path.join(run_dir, "selected"), tmp_path / "selected")
+    manifest = json.loads((tmp_path / "selected" / "manifest.json").read_text())
+    manifest["input"] = str(tmp_path / "scored")
+    manifest["options"] = dict(manifest.get("options") or {}, api_key="sk-live-123")
+    (tmp_path / "selected" / "manifest.json").write_text(json.dumps(manifest))
+    html = build_report(str(tmp_path), projection="pca")
+    assert "sk-live-123" not in html and "redacted" in html

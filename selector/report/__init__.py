@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from selector.card import redact
 from selector.errors import MissingDependencyError
 
 logger = logging.getLogger(__name__)
@@ -330,7 +331,8 @@ def _summary(run) -> dict[str, Any]:
             ("strategy", sel.get("strategy")),
             ("budget", f"{sel.get('budget')} ({sel.get('n_budget')} rows)"),
             ("seed", sel.get("seed")),
-            ("options", json.dumps(sel.get("options") or {}, sort_keys=True, default=str)),
+            # the report is published beside the card: secret-looking option values are redacted the same way.
+            ("options", json.dumps(redact(sel.get("options") or {}), sort_keys=True, default=str)),
             ("columns", json.dumps(sel.get("columns") or {}, sort_keys=True, default=str)),
         ]
         if dedup_report:

@@ -399,13 +399,15 @@ def prune_images(
         :class:`PruneResult`.
     """
     from selector import __version__
-    from selector.runs import write_selection_rows
+    from selector.runs import check_out_folder, swap_into_place, write_selection_rows
     from selector.scoring import score
     from selector.selection import select_arrays
 
-    out_dir = os.path.abspath(os.fspath(out_dir))
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
-        raise ConfigError(f"--out {out_dir} is not empty; choose a new folder or pass overwrite")
+    local_source = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+    # a folder written by prune-images holds manifest.json (an image-folder output has no state.json)
+    out_dir = check_out_folder(
+        os.fspath(out_dir), source=local_source, overwrite=overwrite, markers=("manifest.json", "state.json")
+    )
     if stratify_quota not in (None, "uniform", "proportional"):
         raise ConfigError(f"stratify_quota must be 'uniform', 'proportional' or None, got {stratify_quota!r}")
     ds, info = load_image_classification(
@@ -486,17 +488,22 @@ def prune_images(
         "warnings": selection.warnings,
         "license": license,
     }
-    _write_output(ds, info, selection, out_dir, keep_rejected=keep_rejected, overwrite=overwrite)
-    write_selection_rows(os.path.join(out_dir, "selection_rows.parquet"), selection)
-    write_json(os.path.join(out_dir, "manifest.json"), manifest)
     from selector.card import write_image_card
 
-    write_image_card(out_dir, license=license)
+    staging = _write_output(ds, info, selection, out_dir, keep_rejected=keep_rejected)
+    try:
+        write_selection_rows(os.path.join(staging, "selection_rows.parquet"), selection)
+        write_json(os.path.join(staging, "manifest.json"), manifest)
+        write_image_card(staging, license=license)
+        swap_into_place(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return PruneResult(selection, out_dir, info.layout, len(ds), selection.n_selected, dict(errors), manifest)
 
 
-def _write_output(ds, info: ImageSource, selection, out_dir: str, *, keep_rejected: bool, overwrite: bool) -> None:
-    """Write the kept rows in ``info.layout`` into ``out_dir`` (staged beside it, then moved into place)."""
+def _write_output(ds, info: ImageSource, selection, out_dir: str, *, keep_rejected: bool) -> str:
+    """Write the kept rows in ``info.layout`` into a staging folder beside ``out_dir``; return its path (the caller
+    adds the manifest and card, then moves it into place)."""
     parent = os.path.dirname(out_dir) or "."
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".prune-images-", dir=parent)
@@ -537,11 +544,7 @@ def _write_output(ds, info: ImageSource, selection, out_dir: str, *, keep_reject
             else:
                 os.makedirs(os.path.join(staging, "data"))
                 subset.to_parquet(os.path.join(staging, "data", f"{info.split}-00000-of-00001.parquet"))
-        if os.path.isdir(out_dir):
-            if not overwrite and os.listdir(out_dir):
-                raise ConfigError(f"--out {out_dir} is not empty")
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return staging

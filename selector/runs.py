@@ -141,12 +141,14 @@ def write_selection(
     return manifest
 
 
-def check_out_folder(out: str, *, source: str | None = None, overwrite: bool = False) -> str:
+def check_out_folder(
+    out: str, *, source: str | None = None, overwrite: bool = False, markers: tuple[str, ...] = ("state.json",)
+) -> str:
     """Refuse an output folder that would lose data; return it as an absolute path.
 
     ``out`` may not be the source, inside a source folder, or a folder holding the source (replacing it would
     delete the input). An existing non-empty ``out`` is replaced only with ``overwrite`` and only when it holds an
-    earlier result (a ``save_to_disk`` folder: ``state.json``).
+    earlier result: one of the ``markers`` files (default a ``save_to_disk`` folder's ``state.json``).
 
     Raises:
         ConfigError: one of the cases above.
@@ -161,8 +163,10 @@ def check_out_folder(out: str, *, source: str | None = None, overwrite: bool = F
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         if not overwrite:
             raise ConfigError(f"--out {out} exists and is not empty; pass --overwrite to replace an earlier result")
-        if not (os.path.isdir(out) and os.path.exists(os.path.join(out, "state.json"))):
-            raise ConfigError(f"--out {out} does not look like an earlier result (no state.json); not replacing it")
+        if not (os.path.isdir(out) and any(os.path.exists(os.path.join(out, m)) for m in markers)):
+            raise ConfigError(
+                f"--out {out} does not look like an earlier result (no {' or '.join(markers)}); not replacing it"
+            )
     return out
 
 
@@ -185,9 +189,24 @@ def write_dataset_folder(dataset, out: str, files: dict[str, Any]) -> None:
                 data(os.path.join(staging, name))
             else:
                 write_json(os.path.join(staging, name), data)
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.replace(staging, out)
+        swap_into_place(staging, out)
     finally:
         if os.path.exists(staging):
             shutil.rmtree(staging)
+
+
+def swap_into_place(staging: str, out: str) -> None:
+    """Move the complete folder ``staging`` to ``out``; an earlier ``out`` is moved aside first and deleted only
+    once the new one is in place (an interruption leaves the old result or the new one, never neither)."""
+    old = None
+    if os.path.lexists(out):
+        old = tempfile.mkdtemp(prefix=".vlselect-old-", dir=os.path.dirname(out) or ".")
+        os.rmdir(old)
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old is None:
+        return
+    if os.path.isdir(old) and not os.path.islink(old):
+        shutil.rmtree(old)
+    else:
+        os.remove(old)

@@ -168,3 +168,23 @@ def test_layout_detection_and_user_errors(tmp_path, image_folder):
         load_image_classification(str(src), label_column="class")
     assert main(["prune-images", str(image_folder), "--budget", "0", "--out", str(tmp_path / "o")]) == 2
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_out_folder_rules_protect_the_source_and_foreign_folders(tmp_path, image_folder):
+    # never inside, equal to or holding the source, even with overwrite: replacing it would delete the images
+    for out in (image_folder, image_folder / "sub", image_folder.parent):
+        with pytest.raises(ConfigError, match="overlaps the source"):
+            prune_images(str(image_folder), 3, out, embedding_model="pixels", overwrite=True, progress=False)
+    assert sorted(os.listdir(image_folder))  # untouched
+    # a foreign non-empty folder is not replaced even with overwrite; an earlier result is, whole
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="does not look like an earlier result"):
+        prune_images(str(image_folder), 3, tmp_path / "foreign", embedding_model="pixels", overwrite=True)
+    assert (tmp_path / "foreign" / "notes.txt").read_text() == "mine"
+    kwargs = dict(embedding_model="pixels", strategy="random", progress=False)
+    first = prune_images(str(image_folder), 3, tmp_path / "out", **kwargs)
+    second = prune_images(str(image_folder), 5, tmp_path / "out", overwrite=True, **kwargs)
+    assert (first.n_selected, second.n_selected) == (3, 5)
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"]["n_selected"] == 5
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # no staging or old copies left behind

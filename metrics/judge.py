@@ -3,8 +3,8 @@
 Two backends behind one ``backend`` parameter: ``openai`` (any OpenAI-compatible chat endpoint: OpenAI,
 vLLM, llama.cpp's server, TGI) and ``hf`` (a local ``transformers`` causal LM with its chat template, GGUF
 checkpoints through ``gguf_file``). Prompts are versioned files in ``metrics/prompts/`` (see
-:mod:`metrics.judge_prompts`); answers are parsed strictly and cached by (prompt version, model, row content
-hash) in a SQLite file (:mod:`metrics.judge_cache`), so a re-run sends no requests.
+:mod:`metrics.judge_prompts`); answers are parsed strictly and cached by (prompt version, model, endpoint,
+row content hash) in a SQLite file (:mod:`metrics.judge_cache`), so a re-run sends no requests.
 
 The judge's configuration keys are flat (``{metric: judge, backend: openai, base_url: ..., timeout: 30}``): the
 judge's own options are constructor arguments, and every other key is an option of a backend, routed to that
@@ -94,11 +94,12 @@ class Judge(ModelMetric):
         cache: reuse and store answers in the SQLite cache.
         cache_dir: cache folder; default ``$VLSELECT_CACHE`` or ``$XDG_CACHE_HOME/vlselect`` or
             ``~/.cache/vlselect``, file ``judge/answers.sqlite``.
-        price_input_per_mtok, price_output_per_mtok: price per million prompt / completion tokens, for the
-            cost estimate (:meth:`estimate`); None = cost not estimated.
+        price_input_per_mtok: price per million prompt tokens, for the cost estimate (:meth:`estimate`); None =
+            cost not estimated.
+        price_output_per_mtok: price per million completion tokens, likewise.
         **options: the backend's options, flat: for ``openai`` (:class:`~metrics.judge_backends.OpenAIOptions`)
             ``base_url``, ``api_key_env``, ``max_concurrency``, ``timeout``, ``max_retries``, ``backoff``,
-            ``max_backoff``, ``temperature``, ``send_image``, ``extra_body``; for ``hf``
+            ``max_backoff``, ``temperature``, ``send_image``, ``extra_body``, ``headers``; for ``hf``
             (:class:`~metrics.judge_backends.HFOptions`) ``revision``, ``gguf_file``, ``device``, ``dtype``,
             ``batch_size``, ``prefill``, ``expected_score``. An option of the other backend is ignored with a
             warning, except ``send_image``, ``prefill`` and ``expected_score``, which are errors there.
@@ -282,7 +283,8 @@ class Judge(ModelMetric):
         if not self.cache:
             return None
         cache = getattr(self, "_cache_obj", None)
-        if cache is None or cache.pid != os.getpid():
+        if cache is None:
+            # One object per judge: after a fork it opens a connection of its own (see metrics.judge_cache).
             cache = AnswerCache(self.cache_path())
             self._cache_obj = cache
         return cache

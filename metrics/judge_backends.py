@@ -12,7 +12,11 @@ unknown model or endpoint) raise :class:`~selector.errors.ConfigError`.
 
 The API key is read from the environment variable named by ``api_key_env`` when the HTTP client is created
 and lives only inside that client's headers: it is not an attribute of the backend or the metric, so it never
-reaches a ``repr``, a pickle, a manifest, a dataset card or the cache, and error messages are redacted.
+reaches a ``repr``, a pickle, a manifest, a dataset card or the cache. Credentials given in the configuration
+instead (``https://user:key@host`` in ``base_url``, ``headers: {x-api-key: ...}``, ``extra_body: {api_key:
+...}``) are registered with :mod:`selector.redact` when the client is created, so manifests, cards, log records
+(httpx's request lines included) and error messages show them masked; the cache keys on the endpoint without
+its userinfo.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
 
 from selector.errors import ConfigError
+from selector.redact import install_log_redaction, is_secret_key, redact_text, register_secret
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +114,8 @@ class OpenAIOptions:
         extra_body: extra JSON fields merged into each request (``{"seed": 0}``, ``{"top_k": 1}``); a field set
             to None is removed (``{"max_tokens": None, "max_completion_tokens": 256}`` for endpoints that refuse
             ``max_tokens``).
+        headers: extra HTTP headers sent with each request (``{"x-api-key": ...}`` for gateways that take the
+            key in a header of their own); not part of the cache key, redacted in every output.
     """
 
     backend: ClassVar[str] = "openai"
@@ -126,6 +134,7 @@ class OpenAIOptions:
     temperature: float = 0.0
     send_image: bool = False
     extra_body: dict | None = None
+    headers: dict | None = None
 
     def validate(self) -> None:
         """Raise a one-line :class:`ConfigError` for an impossible value."""
@@ -135,6 +144,11 @@ class OpenAIOptions:
             (_positive(self.timeout), "timeout must be a positive number of seconds"),
             (_non_negative(self.backoff) and _non_negative(self.max_backoff), "backoff values must be >= 0"),
             (self.extra_body is None or isinstance(self.extra_body, dict), "extra_body must be a mapping"),
+            (
+                self.headers is None
+                or (isinstance(self.headers, dict) and all(isinstance(v, str) for v in self.headers.values())),
+                "headers must be a mapping of header name to string",
+            ),
             (self.api_key_env is None or isinstance(self.api_key_env, str), "api_key_env must be a variable name"),
             (_real(self.temperature), "temperature must be a number"),
         ]
@@ -142,21 +156,45 @@ class OpenAIOptions:
             if not ok:
                 raise ConfigError(f"judge: {message}")
         if not isinstance(self.base_url, str) or not self.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"judge: base_url must start with http:// or https://, got {self.base_url!r}")
+            raise ConfigError(
+                f"judge: base_url must start with http:// or https://, got {redact_text(repr(self.base_url))}"
+            )
+
+    def endpoint(self) -> str:
+        """``base_url`` without its userinfo and trailing slash, scheme and host lower-cased: what names the
+        server in the cache key (credentials never enter the key, so a new key still hits the old answers)."""
+        parts = urlsplit(self.base_url.strip())
+        host = (parts.hostname or "").lower()
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        return urlunsplit((parts.scheme.lower(), host, parts.path.rstrip("/"), parts.query, ""))
 
     def model_identity(self, model: str) -> str:
         """What names the model in the cache key: an endpoint's model name."""
         return model
 
     def cache_settings(self, max_tokens: int) -> dict[str, Any]:
-        """Everything besides prompt, model and row content that changes what the judge writes."""
-        return {
+        """Everything besides prompt, model and row content that changes what the judge writes: the endpoint
+        (another server answers differently, and a dead one must not be served another server's answers),
+        sampling settings and the extra body fields.
+
+        The endpoint enters only when it is not the default ``base_url``: keys of the default endpoint keep the
+        formula they had before endpoints were keyed, so paid answers cached from it stay valid.
+        """
+        settings = {
             "backend": "openai",
             "temperature": float(self.temperature),
             "max_tokens": max_tokens,
             "extra_body": self.extra_body or {},
             "send_image": bool(self.send_image),
         }
+        endpoint = self.endpoint()
+        if endpoint != _DEFAULT_ENDPOINT:
+            settings["endpoint"] = endpoint
+        return settings
+
+
+_DEFAULT_ENDPOINT = OpenAIOptions().endpoint()
 
 
 @dataclass
@@ -257,7 +295,7 @@ class OpenAIBackend:
 
     def __repr__(self) -> str:
         return (
-            f"OpenAIBackend(base_url={self.base_url!r}, model={self.model!r}, "
+            f"OpenAIBackend(base_url={redact_text(self.base_url)!r}, model={self.model!r}, "
             f"api_key_env={self.options.api_key_env!r})"
         )
 
@@ -276,13 +314,28 @@ class OpenAIBackend:
 
     def _redact(self, text: str) -> str:
         key = self._key()
-        return text.replace(key, "***") if key else text
+        if key:
+            register_secret(key)
+        return redact_text(text)
+
+    def _register_secrets(self) -> None:
+        """Tell :mod:`selector.redact` every credential this backend sends, before the first request is logged."""
+        install_log_redaction()
+        register_secret(self._key())
+        for name, value in (self.options.headers or {}).items():
+            if is_secret_key(name):
+                register_secret(value, *str(value).split()[1:])  # "Bearer <token>": the token alone too
+        for name, value in (self.options.extra_body or {}).items():
+            if is_secret_key(name):
+                register_secret(value)
+        redact_text(self.base_url)  # registers the userinfo of the URL
 
     def _get_client(self):
         if self._client is None:
             import httpx
 
-            headers = {"Content-Type": "application/json"}
+            self._register_secrets()
+            headers = {"Content-Type": "application/json", **(self.options.headers or {})}
             key = self._key()
             if key:
                 headers["Authorization"] = f"Bearer {key}"
@@ -364,8 +417,10 @@ class OpenAIBackend:
             if status in FATAL_STATUSES:
                 detail = self._redact(response.text[:300])
                 raise ConfigError(
-                    f"{FATAL_STATUSES[status]} (HTTP {status} from {url}, model {self.model!r}; API key from "
-                    f"${opts.api_key_env or '<none>'}): {detail}"
+                    redact_text(
+                        f"{FATAL_STATUSES[status]} (HTTP {status} from {url}, model {self.model!r}; API key from "
+                        f"${opts.api_key_env or '<none>'}): {detail}"
+                    )
                 )
             if status in RETRY_STATUSES:
                 last_error = f"HTTP {status}"

@@ -1,10 +1,18 @@
 """The LLM judge's answer cache: one SQLite file, keyed by what changes an answer.
 
 A cache key is the sha256 of (prompt version and text hash, model identity, backend settings that change what
-the judge writes, row content hash); the row id is not part of it, so the same content under another id is a hit.
-One file serves every judge configuration; WAL mode lets several scoring processes (``Dataset.map(num_proc=n)``)
-read and write it at once. Failed requests are not stored (a re-run retries them); answers that did not parse
-are (the judge said it; the parser runs again on every read, so a fixed pattern applies without new requests).
+the judge writes, the endpoint for the ``openai`` backend, row content hash); the row id is not part of it, so
+the same content under another id is a hit. One file serves every judge configuration. Failed requests are not
+stored (a re-run retries them); answers that did not parse are (the judge said it; the parser runs again on
+every read, so a fixed pattern applies without new requests).
+
+Concurrency: several scoring processes (``Dataset.map(num_proc=n)``, two runs at once) read and write the file
+together. Each process opens its own connection (one inherited over ``fork`` is abandoned, never used or
+closed: closing it in the child could drop the child's own POSIX locks on the file); the file is in WAL mode
+(readers never block the writer); every connection waits up to :data:`BUSY_TIMEOUT_S` for a lock; writes take
+the write lock up front (``BEGIN IMMEDIATE``, so a transaction never has to upgrade a read lock, which SQLite
+refuses without waiting); and an operation that still meets "database is locked" is retried with jittered
+exponential back-off (:data:`LOCK_RETRIES` attempts).
 
 The default file is ``$VLSELECT_CACHE/judge/answers.sqlite``, else ``$XDG_CACHE_HOME/vlselect/...``, else
 ``~/.cache/vlselect/...``.
@@ -23,13 +31,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import random
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from metrics.judge_backends import JudgeAnswer
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a connection waits for another process's lock before SQLite reports "database is locked".
+BUSY_TIMEOUT_S = 30.0
+#: Attempts of one cache operation that keeps meeting a lock (back-off from 0.05 s, doubling, capped at 2 s).
+LOCK_RETRIES = 8
+# Connections inherited over fork: kept referenced so they are never closed (nor used) in the child.
+_ABANDONED: list[sqlite3.Connection] = []
+_T = TypeVar("_T")
 
 
 def cache_file(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -59,11 +80,16 @@ def cache_key(prompt_key: str, prompt_sha256: str, model_identity: str, settings
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-class AnswerCache:
-    """Judge answers in SQLite, keyed by :func:`cache_key`.
+def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
 
-    The connection opens on first use and belongs to the process that opened it (``pid``); a forked worker
-    opens its own.
+
+class AnswerCache:
+    """Judge answers in SQLite, keyed by :func:`cache_key`; safe to share between processes.
+
+    The connection opens on first use and belongs to the process that opened it (``pid``); after a fork the
+    child opens its own (see the module docstring for the locking rules).
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -72,45 +98,88 @@ class AnswerCache:
         self._conn = None
 
     def _connect(self) -> sqlite3.Connection:
+        if self._conn is not None and self.pid != os.getpid():
+            _ABANDONED.append(self._conn)
+            self._conn = None
         if self._conn is None:
+            self.pid = os.getpid()
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), timeout=60.0)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, prompt TEXT, model TEXT, row_hash TEXT,"
-                " answer TEXT, created REAL)"
-            )
-            conn.commit()
+            # Autocommit mode: transactions are opened explicitly, with the lock they need.
+            conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            try:
+                conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+                # Switching to WAL needs an exclusive lock: skip it once any process has switched the file.
+                if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, prompt TEXT, model TEXT,"
+                    " row_hash TEXT, answer TEXT, created REAL)"
+                )
+            except BaseException:
+                conn.close()
+                raise
             self._conn = conn
         return self._conn
 
+    def _retry(self, operation: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``operation(connection)``, retrying "database is locked" with jittered exponential back-off."""
+        for attempt in range(LOCK_RETRIES):
+            try:
+                return operation(self._connect())
+            except sqlite3.OperationalError as exc:
+                if not _is_lock_error(exc) or attempt == LOCK_RETRIES - 1:
+                    raise
+                delay = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
+                logger.debug("judge cache %s: %s; retry %d in %.2f s", self.path, exc, attempt + 1, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
     def get_many(self, keys: list[str]) -> dict[str, JudgeAnswer]:
         """The cached answers of ``keys`` that are present (``attempts=0``: no request was sent)."""
-        conn = self._connect()
-        found: dict[str, JudgeAnswer] = {}
-        # SQLite caps bound parameters per statement; 500 stays below every build's limit.
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for key, answer in conn.execute(f"SELECT key, answer FROM answers WHERE key IN ({marks})", chunk):
-                found[key] = JudgeAnswer.from_cache(json.loads(answer))
-        return found
+
+        def read(conn: sqlite3.Connection) -> dict[str, JudgeAnswer]:
+            found: dict[str, JudgeAnswer] = {}
+            # SQLite caps bound parameters per statement; 500 stays below every build's limit.
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for key, answer in conn.execute(f"SELECT key, answer FROM answers WHERE key IN ({marks})", chunk):
+                    found[key] = JudgeAnswer.from_cache(json.loads(answer))
+            return found
+
+        return self._retry(read) if keys else {}
 
     def put_many(self, entries: list[tuple[str, str, str, str, JudgeAnswer]]) -> None:
         """Store ``(key, prompt key, model identity, row hash, answer)`` entries in one transaction."""
-        conn = self._connect()
         now = time.time()
-        with conn:
-            conn.executemany(
-                "INSERT OR REPLACE INTO answers (key, prompt, model, row_hash, answer, created) VALUES (?, ?, ?, ?, ?, ?)",
-                [(key, prompt, model, row, json.dumps(a.to_cache()), now) for key, prompt, model, row, a in entries],
-            )
+        rows = [(key, prompt, model, row, json.dumps(a.to_cache()), now) for key, prompt, model, row, a in entries]
+        if not rows:
+            return
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO answers (key, prompt, model, row_hash, answer, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+        self._retry(write)
 
     def __len__(self) -> int:
-        return self._connect().execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+        return self._retry(lambda conn: conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
 
     def close(self) -> None:
-        """Close the connection (it reopens on the next use)."""
+        """Close the connection (it reopens on the next use); one inherited over fork is only dropped."""
         if self._conn is not None:
-            self._conn.close()
+            if self.pid == os.getpid():
+                self._conn.close()
+            else:
+                _ABANDONED.append(self._conn)
             self._conn = None

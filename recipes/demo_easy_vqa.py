@@ -72,7 +72,6 @@ def run(args) -> dict:
         "learning_rate": 3e-3,
         "lr_scheduler_type": "constant",
         "max_length": 256,
-        "mixed_precision": "no",
         "freeze_vision_tower": False,
         "logging_steps": 20,
         "seed": args.seed,
@@ -80,14 +79,14 @@ def run(args) -> dict:
 
     def score(model_dir):
         res = training.evaluate(
-            {"model_name_or_path": model_dir, "dataset": test_path, "max_new_tokens": 12},
+            {"model_name_or_path": model_dir, "dataset_name": test_path, "max_new_tokens": 12},
             per_device_eval_batch_size=32,
         )
         return {"eval_loss": round(res["eval_loss"], 4), "exact_match": round(res["exact_match"], 4)}
 
     table = {"untrained": score(model)}
     full = training.train(
-        dict(common, dataset=train_path, output_dir=os.path.join(args.out, "full"), num_train_epochs=args.epochs)
+        dict(common, dataset_name=train_path, output_dir=os.path.join(args.out, "full"), num_train_epochs=args.epochs)
     )
     table[f"full ({args.n_train} rows)"] = score(full["model_dir"])
     half = args.n_train // 2
@@ -99,7 +98,7 @@ def run(args) -> dict:
         # Same number of optimizer steps as the full run, so the comparison is about which rows, not compute.
         steps = full["global_step"]
         result = training.train(
-            dict(common, dataset=train_path, output_dir=run_dir, train_ids=ids, max_steps=steps, dynamics=False)
+            dict(common, dataset_name=train_path, output_dir=run_dir, train_ids=ids, max_steps=steps, dynamics=False)
         )
         table[f"{strategy} half ({half} rows, {steps} steps)"] = score(result["model_dir"])
     return table

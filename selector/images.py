@@ -140,13 +140,15 @@ def _stamp(root: str, files: list[tuple[str, str]]) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
-def _imagefolder_rows(root: str, files: tuple, classes: tuple, stamp: str):
+def _imagefolder_rows(root: str, files: tuple, classes: tuple, stamp: str, allow_outside_root: bool = False):
     # `stamp` only keys datasets' cache to the files' sizes and times.
-    from selector.data.images import read_image_file
+    from selector.data.images import read_image_file, resolve_image_path
 
     index = {name: i for i, name in enumerate(classes)}
     for row, (name, rel) in enumerate(files):
-        data, error = read_image_file(os.path.join(root, rel))
+        # a file in a class folder may be a symlink to anywhere: it must resolve inside the image folder
+        path, error = resolve_image_path(rel, [os.path.abspath(root)], allow_outside_root=allow_outside_root)
+        data, error = (None, error) if error else read_image_file(path, name=os.path.join(root, rel))
         yield {
             "id": rel.replace(os.sep, "/"),
             "image": None if data is None else {"bytes": data, "path": None},
@@ -201,8 +203,28 @@ def _open_hf(layout: str, source: str, split: str):
     return loaded
 
 
-def _canonical_batch(batch: dict, indices: list[int], *, image_column: str, label_column: str, names, base: str):
-    from selector.data.images import check_image_bytes, read_image_file
+def _allowed_roots(layout: str, base: str) -> tuple[str, ...]:
+    """Where a path-only image of a Hugging Face dataset may point: the dataset's folder, or for a Hub id the
+    ``datasets`` cache its files were extracted to."""
+    if layout != "hub":
+        return (os.path.abspath(base),)
+    from selector.data.images import hub_cache_roots
+
+    return hub_cache_roots()
+
+
+def _canonical_batch(
+    batch: dict,
+    indices: list[int],
+    *,
+    image_column: str,
+    label_column: str,
+    names,
+    base: str,
+    roots: tuple = (),
+    allow_outside_root: bool = False,
+):
+    from selector.data.images import check_image_bytes, read_image_file, resolve_image_path
 
     out = {"id": [], "image": [], "label": [], "label_name": [], "error": [], "row": []}
     for image, label, row in zip(batch[image_column], batch[label_column], indices):
@@ -215,7 +237,9 @@ def _canonical_batch(batch: dict, indices: list[int], *, image_column: str, labe
             error = check_image_bytes(data, name)
         elif image.get("path"):
             path = image["path"] if os.path.isabs(image["path"]) else os.path.join(base, image["path"])
-            data, error = read_image_file(path)
+            path, error = resolve_image_path(path, list(roots or (base,)), allow_outside_root=allow_outside_root)
+            if error is None:
+                data, error = read_image_file(path)
         else:
             error = f"empty_image: {name} has neither bytes nor a path"
         out["id"].append(str(row))
@@ -234,6 +258,7 @@ def load_image_classification(
     image_column: str = "image",
     label_column: str = "label",
     layout: str = "auto",
+    allow_outside_root: bool = False,
 ) -> tuple[Any, ImageSource]:
     """Load an image-classification dataset as canonical rows (see the module docstring).
 
@@ -243,6 +268,9 @@ def load_image_classification(
         image_column, label_column: the columns of a Hugging Face dataset (ignored for image folders, whose label
             is the class folder). A ``ClassLabel`` label gives the class names.
         layout: ``auto`` (detect) or one of :data:`LAYOUTS`.
+        allow_outside_root: also read image files that resolve (after symlinks) outside the allowed roots: the
+            image folder itself, the ``save_to_disk``/Parquet folder, or the Hugging Face caches for a Hub id.
+            By default such a file is the row error ``image_outside_root`` (see :mod:`selector.data.images`).
 
     Returns:
         ``(dataset, ImageSource)``: a ``datasets.Dataset`` with columns ``id``, ``image``, ``label``,
@@ -269,8 +297,9 @@ def load_image_classification(
                 "files": tuple(files),
                 "classes": tuple(classes),
                 "stamp": _stamp(source, files),
+                "allow_outside_root": bool(allow_outside_root),
             },
-            fingerprint=f"imagefolder-{_stamp(source, files)}",
+            fingerprint=f"imagefolder-{_stamp(source, files)}-{int(bool(allow_outside_root))}",
         )
         return ds, ImageSource(layout, os.path.abspath(source), split, image_column, label_column, classes, files)
     original = _open_hf(layout, source, split)
@@ -290,7 +319,14 @@ def load_image_classification(
         with_indices=True,
         remove_columns=raw.column_names,
         features=_features(),
-        fn_kwargs={"image_column": image_column, "label_column": label_column, "names": names, "base": base},
+        fn_kwargs={
+            "image_column": image_column,
+            "label_column": label_column,
+            "names": names,
+            "base": base,
+            "roots": _allowed_roots(layout, base),
+            "allow_outside_root": bool(allow_outside_root),
+        },
         desc="checking images",
     )
     info = ImageSource(
@@ -313,17 +349,21 @@ def pixel_embeddings(ds, side: int = PIXEL_SIDE) -> np.ndarray:
 
     A NaN row where the row has an ``error`` (no model; for quick checks and tests, weaker than a real encoder).
     """
-    import io
-
     from PIL import Image
+
+    from selector.data.images import ImageError, decode_rgb
 
     out = np.full((len(ds), side * side), np.nan, dtype=np.float32)
     view = ds.select_columns(["image", "error"]).cast_column("image", _undecoded())
     for i, row in enumerate(view):
         if row["error"] or row["image"] is None:
             continue
-        with Image.open(io.BytesIO(row["image"]["bytes"])) as img:
-            pixels = np.asarray(img.convert("L").resize((side, side), Image.BILINEAR), dtype=np.float32).ravel()
+        try:
+            img = decode_rgb(row["image"]["bytes"], f"row {i}")
+        except ImageError as exc:
+            logger.warning("row %d: no pixel features: %s", i, exc.error)
+            continue
+        pixels = np.asarray(img.convert("L").resize((side, side), Image.BILINEAR), dtype=np.float32).ravel()
         pixels -= pixels.mean()
         norm = float(np.linalg.norm(pixels))
         out[i] = pixels / norm if norm > 0 else pixels
@@ -368,6 +408,7 @@ def prune_images(
     overwrite: bool = False,
     license: str = "other",
     progress: bool = True,
+    allow_outside_root: bool = False,
     **options,
 ) -> PruneResult:
     """Prune an image-classification dataset to ``budget`` rows and write the subset in the input's layout.
@@ -393,6 +434,7 @@ def prune_images(
         overwrite: replace a non-empty ``out_dir``.
         license: licence for the card metadata (the subset inherits the source's; ``other`` until you set it).
         progress: progress bars.
+        allow_outside_root: read image files outside the allowed roots too (see :func:`load_image_classification`).
         **options: strategy options (``n_clusters``, ``beta``, ``keep``, ...).
 
     Returns:
@@ -404,14 +446,16 @@ def prune_images(
     from selector.selection import select_arrays
 
     local_source = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
-    # a folder written by prune-images holds manifest.json (an image-folder output has no state.json)
-    out_dir = check_out_folder(
-        os.fspath(out_dir), source=local_source, overwrite=overwrite, markers=("manifest.json", "state.json")
-    )
+    out_dir = check_out_folder(os.fspath(out_dir), source=local_source, overwrite=overwrite)
     if stratify_quota not in (None, "uniform", "proportional"):
         raise ConfigError(f"stratify_quota must be 'uniform', 'proportional' or None, got {stratify_quota!r}")
     ds, info = load_image_classification(
-        source, split=split, image_column=image_column, label_column=label_column, layout=layout
+        source,
+        split=split,
+        image_column=image_column,
+        label_column=label_column,
+        layout=layout,
+        allow_outside_root=allow_outside_root,
     )
     if len(ds) == 0:
         raise DataError(f"{source}: the dataset has no rows")
@@ -489,15 +533,19 @@ def prune_images(
         "license": license,
     }
     from selector.card import write_image_card
+    from selector.fileio import folder_lock, output_errors
+    from selector.redact import redact
 
-    staging = _write_output(ds, info, selection, out_dir, keep_rejected=keep_rejected)
-    try:
-        write_selection_rows(os.path.join(staging, "selection_rows.parquet"), selection)
-        write_json(os.path.join(staging, "manifest.json"), manifest)
-        write_image_card(staging, license=license)
-        swap_into_place(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    # One writer per output folder; a full disk or an unwritable folder is one line.
+    with folder_lock(out_dir, command="prune-images"), output_errors(out_dir):
+        staging = _write_output(ds, info, selection, out_dir, keep_rejected=keep_rejected)
+        try:
+            write_selection_rows(os.path.join(staging, "selection_rows.parquet"), selection)
+            write_json(os.path.join(staging, "manifest.json"), redact(manifest))
+            write_image_card(staging, license=license)
+            swap_into_place(staging, out_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return PruneResult(selection, out_dir, info.layout, len(ds), selection.n_selected, dict(errors), manifest)
 
 

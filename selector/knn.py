@@ -48,10 +48,10 @@ _QUERY_BLOCK = 1024
 
 
 def _progress(iterable, **kwargs):
-    from tqdm.auto import tqdm
+    from selector.logs import progress
 
     # disable=None: a bar on a terminal, silent in logs and CI.
-    return tqdm(iterable, disable=None, leave=False, **kwargs)
+    return progress(iterable, disable=None, leave=False, **kwargs)
 
 
 def check_choice(param: str, value, choices) -> None:

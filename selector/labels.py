@@ -66,7 +66,7 @@ import numpy as np
 
 from selector.cluster import BalancedKMeans
 from selector.errors import ConfigError, DataError
-from selector.fileio import json_safe, write_json, write_jsonl
+from selector.fileio import json_safe, read_json, write_json, write_jsonl
 from selector.rows import embedding_matrix, hash_order, is_usable_error, pool_digest
 from selector.training.data import column_list
 from selector.training.evaluation import EVAL_SCORES  # score -> +1/-1 (higher/lower is better); label = sign * score
@@ -80,7 +80,7 @@ LABELS_FILE = "labels.jsonl"
 SUMMARY_FILE = "summary.json"
 SUBSETS_DIR = "subsets"
 # training options vlselect labels sets itself for every subset; a training config that sets them is overridden.
-_MANAGED = ("dataset", "output_dir", "train_ids_file", "save_model", "resume_from_checkpoint")
+_MANAGED = ("dataset_name", "output_dir", "train_ids_file", "save_model", "resume_from_checkpoint")
 
 
 # ---------------------------------------------------------------------------------------------------- partition
@@ -128,12 +128,18 @@ class Partition:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Partition:
-        return cls(
-            subsets=[list(v) for v in data["subsets"].values()],
-            dropped={row["id"]: row["reason"] for row in data["dropped"]},
-            subset_size=int(data["subset_size"]),
-            settings=dict(data["settings"]),
-        )
+        """Read :meth:`to_json`'s form back; anything else (a hand-edited file) is a ``DataError``."""
+        try:
+            return cls(
+                subsets=[list(v) for v in data["subsets"].values()],
+                dropped={row["id"]: row["reason"] for row in data["dropped"]},
+                subset_size=int(data["subset_size"]),
+                settings=dict(data["settings"]),
+            )
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise DataError(
+                f"the saved partition is malformed ({type(exc).__name__}: {exc}); delete it to redo"
+            ) from None
 
 
 def embedding_columns_of(dataset, columns: Sequence[str] | None = None) -> list[str]:
@@ -463,7 +469,7 @@ def _resolved_recipe(config_path: str, overrides: dict[str, Any], pool_path: str
                 f"{config_path} sets {key!r}; vlselect labels chooses each subset's rows itself, remove it"
             )
     values = dataclasses.asdict(cfg)
-    values.update(dataset=pool_path, output_dir=os.path.join(pool_path, "_unused"), save_model=True)
+    values.update(dataset_name=pool_path, output_dir=os.path.join(pool_path, "_unused"), save_model=True)
     try:
         validate(make_config(FinetuneConfig, values))
     except ConfigError as exc:
@@ -547,7 +553,7 @@ def generate_labels(
         ConfigError: bad options, a missing training config, or ``out_dir`` holding results of other settings.
         DataError: unusable pool or validation data.
     """
-    from tqdm.auto import tqdm
+    from selector.logs import progress as progress_bar
 
     if metric is not None:
         warnings.warn("generate_labels(metric=...) is deprecated; use eval_score=...", FutureWarning, stacklevel=2)
@@ -577,7 +583,7 @@ def generate_labels(
     settings = partition_settings(pool, n_subsets, embedding_columns=embedding_columns, random_state=random_state)
     partition = None
     if part_path.exists():
-        saved = Partition.from_json(json.loads(part_path.read_text(encoding="utf-8")))
+        saved = Partition.from_json(read_json(part_path))
         # the backend is not compared: a resume on another machine (faiss or not, other thread count) must train
         # the remaining subsets of the saved partition, not of a new one.
         saved_settings = {k: v for k, v in saved.settings.items() if k != "backend"}
@@ -619,7 +625,7 @@ def generate_labels(
     if n_cached:
         logger.info("%d of %d subsets already done in %s; resuming", n_cached, len(groups), out)
     quiet = contextlib.nullcontext() if progress else _library_bars_off()
-    with tqdm(total=len(groups), initial=n_cached, desc="labels", unit="subset", disable=not progress) as bar, quiet:
+    with progress_bar(total=len(groups), initial=n_cached, desc="labels", unit="subset", disable=not progress) as bar, quiet:
         for j in todo:
             bar.set_postfix_str(groups[j])
             records[j] = _run_subset(
@@ -727,9 +733,12 @@ def _read_cached(path: Path, fingerprint: str, overwrite: bool) -> dict[str, Any
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError, UnicodeDecodeError):
         # written atomically, so a broken file was edited by hand; redoing the subset is the safe answer.
         logger.warning("%s is not valid JSON; the subset is redone", path)
+        return None
+    if not isinstance(record, dict):
+        logger.warning("%s does not hold a subset result; the subset is redone", path)
         return None
     if record.get("fingerprint") == fingerprint:
         return record
@@ -769,7 +778,7 @@ def _run_subset(
     started = time.perf_counter()
     overrides = dict(recipe_values)
     overrides.update(
-        dataset=pool_path,
+        dataset_name=pool_path,
         output_dir=str(work / "finetune"),
         train_ids_file=str(ids_file),
         save_model=True,
@@ -825,7 +834,7 @@ def _evaluate_proxy(recipe_values, model_dir, val_sources, work: Path, eval_opti
     try:
         for name, path in val_sources:
             config = {
-                "dataset": path,
+                "dataset_name": path,
                 "output_file": str(work / f"eval_{name}.json"),
                 "compute_loss": eval_score == "eval_loss",
                 "generate": eval_score != "eval_loss",
@@ -856,7 +865,7 @@ def read_summary(out_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(out_dir) / SUMMARY_FILE
     if not path.is_file():
         raise DataError(f"{out_dir}: no {SUMMARY_FILE} (the labels run has not finished)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path)
 
 
 __all__ = [

@@ -42,6 +42,7 @@ from sklearn.base import BaseEstimator
 from selector.errors import ConfigError, DataError, VLSelectError
 from selector.features import FeatureSpec, FeatureTable
 from selector.fileio import atomic_write_bytes, atomic_write_text, iter_jsonl_lines, read_json, write_json
+from selector.redact import redact
 from selector.rows import check_seed, hash_order, id_ranks, parse_budget, resolve_budget
 
 logger = logging.getLogger(__name__)
@@ -456,7 +457,8 @@ class LearnedSelector(BaseEstimator):
 
     def _train_network(self, feats, unit_of_row, z, train_units, val_units, seed) -> None:
         import torch
-        from tqdm import tqdm
+
+        from selector.logs import progress
 
         device = torch.device(self.device)
         with torch.random.fork_rng(devices=[]):
@@ -496,7 +498,7 @@ class LearnedSelector(BaseEstimator):
         stale = 0
         network.train()
         # disable=None: a bar on a terminal, silent in logs and tests.
-        epochs = tqdm(range(1, self.max_epochs + 1), desc="training selector", unit="epoch", disable=None)
+        epochs = progress(range(1, self.max_epochs + 1), desc="training selector", unit="epoch", disable=None)
         for epoch in epochs:
             order = train_units[rng.permutation(len(train_units))]
             total = 0.0
@@ -628,7 +630,7 @@ class LearnedSelector(BaseEstimator):
         else:
             for name, value in self.network_.state_dict().items():
                 tensors[f"network.{name}"] = value.detach().cpu().numpy()
-        config = self._config()
+        config = redact(self._config())  # the metrics' configurations may carry credentials (a judge's extra_body)
         atomic_write_bytes(out / WEIGHTS_NAME, save(tensors, metadata={"format": "vlselect-learned-selector"}))
         write_json(out / CONFIG_NAME, config)
         atomic_write_text(out / CARD_NAME, model_card(config, repo_id or str(out)))
@@ -648,6 +650,7 @@ class LearnedSelector(BaseEstimator):
         Raises:
             VLSelectError: the folder or Hub repository does not hold a vlselect selector, or can't be fetched.
         """
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
         path = Path(name_or_path).expanduser()
@@ -662,48 +665,62 @@ class LearnedSelector(BaseEstimator):
         config = read_json(config_file)
         if not isinstance(config, dict) or config.get("format") != "vlselect-learned-selector":
             raise VLSelectError(f"{config_file} is not a vlselect selector config")
-        if int(config.get("format_version", 0)) > FORMAT_VERSION:
+        version = config.get("format_version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise VLSelectError(f"{config_file}: format_version must be an integer, got {version!r}")
+        if version > FORMAT_VERSION:
             raise VLSelectError(f"{name_or_path} was saved by a newer vlselect; upgrade vlselect to load it")
-        tensors = load_file(str(weights_file))
-        params = dict(config["params"])
-        if device is not None:
-            params["device"] = device
-        accepted = set(cls().get_params(deep=False))
-        selector = cls(**{k: v for k, v in params.items() if k in accepted})
-        # format version 1 stored the feature spec under "recipe".
-        spec = config["feature_spec"] if "feature_spec" in config else config["recipe"]
-        selector.feature_spec_ = FeatureSpec.from_json(spec, tensors)
-        fitted = config["fitted"]
-        selector.mode_ = fitted["mode"]
-        selector.label_mean_ = float(fitted["label_mean"])
-        selector.label_std_ = float(fitted["label_std"])
-        selector.n_train_rows_ = int(fitted["n_train_rows"])
-        selector.n_units_ = int(fitted["n_units"])
-        selector.validation_ = fitted["validation"]
-        selector.n_features_in_ = len(selector.feature_spec_.columns)
-        if selector.model == "ridge":
-            selector.coef_ = tensors["ridge.coef"]
-            selector.alpha_ = float(fitted["alpha"])
-            selector.intercept_ = float(fitted["intercept"])
-        else:
-            import torch
+        # a damaged or hand-edited folder (missing keys, wrong types, weights of another shape) is one line, not a
+        # traceback from deep inside the restore.
+        try:
+            tensors = load_file(str(weights_file))
+            params = dict(config["params"])
+            if device is not None:
+                params["device"] = device
+            accepted = set(cls().get_params(deep=False))
+            selector = cls(**{k: v for k, v in params.items() if k in accepted})
+            # format version 1 stored the feature spec under "recipe".
+            spec = config["feature_spec"] if "feature_spec" in config else config["recipe"]
+            selector.feature_spec_ = FeatureSpec.from_json(spec, tensors)
+            fitted = config["fitted"]
+            selector.mode_ = fitted["mode"]
+            selector.label_mean_ = float(fitted["label_mean"])
+            selector.label_std_ = float(fitted["label_std"])
+            selector.n_train_rows_ = int(fitted["n_train_rows"])
+            selector.n_units_ = int(fitted["n_units"])
+            selector.validation_ = fitted["validation"]
+            selector.n_features_in_ = len(selector.feature_spec_.columns)
+            if selector.model == "ridge":
+                selector.coef_ = tensors["ridge.coef"]
+                selector.alpha_ = float(fitted["alpha"])
+                selector.intercept_ = float(fitted["intercept"])
+            else:
+                import torch
 
-            network = _build_network(
-                len(selector.feature_spec_.score_columns),
-                selector.feature_spec_.n_components,
-                selector.d_model,
-                selector.n_heads,
-                selector.n_layers,
-            )
-            state = {k[len("network.") :]: torch.from_numpy(v) for k, v in tensors.items() if k.startswith("network.")}
-            network.load_state_dict(state)
-            target = params.get("device", "cpu")
-            if str(target).startswith("cuda") and not torch.cuda.is_available():
-                logger.warning("selector saved for %s; CUDA is not available, using CPU", target)
-                target = "cpu"
-            selector.network_ = network.to(target).eval()
-            selector.best_epoch_ = int(fitted["best_epoch"])
-            selector.history_ = []
+                network = _build_network(
+                    len(selector.feature_spec_.score_columns),
+                    selector.feature_spec_.n_components,
+                    selector.d_model,
+                    selector.n_heads,
+                    selector.n_layers,
+                )
+                state = {
+                    k[len("network.") :]: torch.from_numpy(v) for k, v in tensors.items() if k.startswith("network.")
+                }
+                network.load_state_dict(state)
+                target = params.get("device", "cpu")
+                if str(target).startswith("cuda") and not torch.cuda.is_available():
+                    logger.warning("selector saved for %s; CUDA is not available, using CPU", target)
+                    target = "cpu"
+                selector.network_ = network.to(target).eval()
+                selector.best_epoch_ = int(fitted["best_epoch"])
+                selector.history_ = []
+        except VLSelectError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, SafetensorError) as exc:
+            raise VLSelectError(
+                f"{name_or_path} is not a loadable vlselect selector ({type(exc).__name__}: {exc})"[:500]
+            ) from None
         return selector
 
     def push_to_hub(

@@ -36,7 +36,8 @@ from typing import Any
 from selector.errors import ConfigError, MissingDependencyError
 from selector.fileio import load_yaml_mapping, write_json
 from selector.filters import parse_filters
-from selector.rows import parse_budget
+from selector.redact import redact
+from selector.rows import check_seed, parse_budget
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ class PipelineConfig:
             (this configuration with every default filled in) are written inside.
         format: input format, ``auto`` to detect.
         image_root: where relative image paths point (default: next to the data file).
+        allow_outside_root: also read image paths that resolve (after symlinks) outside the image roots; by
+            default such an image is the row error ``image_outside_root`` (see :mod:`selector.data.images`).
+        split: split of a DatasetDict folder or Hub dataset (default train).
         metrics: metric specifications, ``{"metric": name, **constructor arguments}`` (the YAML form of
             ``--metric-config``).
         strategy: selection strategy (``vlselect select --help`` lists them) or ``topk:<column>``.
@@ -83,6 +87,8 @@ class PipelineConfig:
     out: str
     format: str = "auto"
     image_root: str | None = None
+    allow_outside_root: bool = False
+    split: str | None = None
     metrics: list[dict[str, Any]] = field(default_factory=lambda: [{"metric": "length"}])
     strategy: str = "instructiongpt4"
     budget: int | float | str = 0.3
@@ -136,6 +142,9 @@ class PipelineConfig:
         return cls(**values)
 
     def __post_init__(self) -> None:
+        self._check_types()
+        if not isinstance(self.allow_outside_root, bool):  # "false" as a string would read as yes
+            raise ConfigError(f"allow_outside_root: expected true or false, got {self.allow_outside_root!r}")
         # The API, YAML and `vlselect run` share one budget rule; a bad budget fails here, before any scoring.
         self.budget = parse_budget(self.budget, name="budget")
         # Likewise checks, filters, quality and dedup: a mistake is a ConfigError before any model loads.
@@ -143,6 +152,42 @@ class PipelineConfig:
         self.filters = [rule.to_dict() for rule in parse_filters(self.filters)]
         self.quality = parse_quality(self.quality)
         self.dedup = parse_dedup(self.dedup)
+
+    def _check_types(self) -> None:
+        """A value of the wrong type (``seed: abc``, ``batch_size: [1]``) is a ConfigError naming the key, before any
+        work starts, instead of a traceback deep inside a stage."""
+        for name in ("source", "out"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                value = os.fspath(value)
+                setattr(self, name, value)
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{name}: expected a path (a string), got {value!r}")
+        for name in ("format", "strategy", "license"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigError(f"{name}: expected a string, got {getattr(self, name)!r}")
+        for name in ("embedding_column", "score_column", "cluster_column", "stratify_column", "source_dataset"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{name}: expected a string or null, got {value!r}")
+        root = self.image_root
+        if isinstance(root, os.PathLike):
+            self.image_root = root = os.fspath(root)
+        if root is not None and not (
+            isinstance(root, str) or (isinstance(root, list) and all(isinstance(r, str) for r in root))
+        ):
+            raise ConfigError(f"image_root: expected a folder (or a list of folders), got {root!r}")
+        self.seed = check_seed(self.seed, name="seed")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size: expected a positive integer, got {self.batch_size!r}")
+        if self.limit is not None and (
+            isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1
+        ):
+            raise ConfigError(f"limit: expected a positive integer or null, got {self.limit!r}")
+        if not isinstance(self.metrics, list) or not all(isinstance(m, dict) for m in self.metrics):
+            raise ConfigError("metrics: expected a list of {metric: NAME, ...} entries")
+        if not isinstance(self.options, dict):
+            raise ConfigError("options: expected a mapping of strategy options")
 
     @classmethod
     def from_yaml(cls, path: str) -> PipelineConfig:
@@ -323,12 +368,21 @@ def add_quality(ds, quality: dict[str, Any] | None):
 def run_pipeline(config: PipelineConfig, *, dataset=None, progress: bool = True) -> dict[str, Any]:
     """Load, check, score, combine the quality score, select and write the card; return paths and counts.
 
-    ``dataset``: the already loaded ``config.source`` (skips loading it again).
+    ``dataset``: the already loaded ``config.source`` (skips loading it again). The run holds the lock of
+    ``config.out`` throughout (:func:`selector.fileio.folder_lock`): a second run on the same folder is refused.
 
     Returns:
         ``{"scored": dir, "selected": dir, "card": path, "n_rows": int, "n_selected": int, "reasons": {...},
         "selection": Selection, "quality": report or None, "checks": summary or None}``.
     """
+    from selector.fileio import folder_lock, output_errors
+
+    with folder_lock(config.out, command="run"), output_errors(config.out):
+        return _run_pipeline_locked(config, dataset=dataset, progress=progress)
+
+
+def _run_pipeline_locked(config: PipelineConfig, *, dataset, progress: bool) -> dict[str, Any]:
+    """:func:`run_pipeline` once the run folder's lock is held."""
     from selector.card import write_card
     from selector.data import load_instructions, set_progress
     from selector.runs import write_selection
@@ -336,12 +390,19 @@ def run_pipeline(config: PipelineConfig, *, dataset=None, progress: bool = True)
     from selector.selection import select
     from selector.strategies import parse_strategy
 
-    set_progress(progress)
-    os.makedirs(config.out, exist_ok=True)
-    write_json(os.path.join(config.out, RESOLVED_CONFIG), config.to_dict())
+    if not progress:  # with progress=True the caller's (the CLI's) setting of the bars stands
+        set_progress(False)
+    prepare_run_folder(config)
+    write_json(os.path.join(config.out, RESOLVED_CONFIG), redact(config.to_dict()))  # no secret in config.json
 
     if dataset is None:
-        dataset = load_instructions(config.source, format=config.format, image_root=config.image_root)
+        dataset = load_instructions(
+            config.source,
+            format=config.format,
+            image_root=config.image_root,
+            allow_outside_root=config.allow_outside_root,
+            split=config.split,
+        )
     checks_summary = None
     if config.checks is not None:
         from selector.checks import run_checks, summarize_checks
@@ -404,6 +465,36 @@ def run_pipeline(config: PipelineConfig, *, dataset=None, progress: bool = True)
         "quality": quality_report,
         "checks": checks_summary,
     }
+
+
+def prepare_run_folder(config: PipelineConfig) -> None:
+    """Create ``config.out``, or check that an existing one is an earlier run to resume, before anything is written.
+
+    Raises:
+        ConfigError: ``out`` is, holds or is inside ``source``; or it exists, is not empty and was not written by
+            vlselect (no marker, and no ``scored/`` or ``selected/`` with a vlselect manifest, as earlier versions
+            left): its files (a foreign ``config.json``) would be overwritten.
+    """
+    from selector.runs import OWN_MARKER, check_no_overlap, is_own_folder, mark_own_folder
+    from selector.scoring import SHARD_DIR
+
+    out = config.out
+    check_no_overlap(out, config.source, what="out")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"out {out} exists and is not a folder")
+    if os.path.isdir(out) and os.listdir(out):
+        earlier = (
+            is_own_folder(out)
+            or any(is_own_folder(os.path.join(out, sub)) for sub in ("scored", "selected"))
+            or os.path.isdir(os.path.join(out, "scored", SHARD_DIR))  # interrupted while scoring
+        )
+        if not earlier:
+            raise ConfigError(
+                f"out {out} is not empty and is not an earlier vlselect run (no {OWN_MARKER}); choose a new folder"
+            )
+    os.makedirs(out, exist_ok=True)
+    if not os.path.exists(os.path.join(out, OWN_MARKER)):
+        mark_own_folder(out)
 
 
 def _write_report(selected_dir: str) -> str | None:

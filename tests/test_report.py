@@ -141,19 +141,23 @@ def test_card_links_to_report_and_publish_uploads_it(run_dir, report_path, tmp_p
     shutil.copytree(os.path.join(run_dir, "selected"), selected)
     assert "[`report.html`](report.html)" in build_card(selected)
     pushed = []
+    readme = tmp_path / "pushed_README.md"
+    readme.write_text("---\nconfigs:\n- config_name: default\n  data_files: data/train-*\n---\n")
     monkeypatch.setattr(datasets.Dataset, "push_to_hub", lambda self, repo_id, **kw: pushed.append("rows"))
-    monkeypatch.setattr(huggingface_hub.DatasetCard, "push_to_hub", lambda self, repo_id, **kw: pushed.append("card"))
+    monkeypatch.setattr(huggingface_hub.HfApi, "hf_hub_download", lambda self, *a, **kw: str(readme))
     monkeypatch.setattr(
         huggingface_hub.HfApi,
-        "upload_file",
-        lambda self, **kw: pushed.append((kw["path_in_repo"], kw["path_or_fileobj"])),
+        "create_commit",
+        lambda self, repo_id, operations, **kw: pushed.append(
+            [(op.path_in_repo, op.path_or_fileobj) for op in operations][1:]
+        ),
     )
-    publish(selected, "me/example")
-    assert pushed == ["rows", "card", ("report.html", os.path.join(selected, "report.html"))]
+    publish(selected, "me/example")  # the card and the report go in one commit
+    assert pushed == ["rows", [("report.html", os.path.join(selected, "report.html"))]]
     os.remove(os.path.join(selected, "report.html"))
     pushed.clear()
     publish(selected, "me/example")
-    assert pushed == ["rows", "card"]
+    assert pushed == ["rows", []]
     assert "report.html" not in build_card(selected)
 
 

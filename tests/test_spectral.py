@@ -277,3 +277,63 @@ def test_memory_is_linear_not_quadratic(knn):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["clusters"] == 4
     assert result["growth_mb"] < 1000, result
+
+
+def _laplacian_and_hierarchy(n: int = 3000, seed: int = 0):
+    pyamg = pytest.importorskip("pyamg")
+    X, _ = touching_blobs(n, seed=seed)
+    A = sparse.csr_matrix(SpectralClustering(n_clusters=3, n_neighbors=12, random_state=0).fit(X).affinity_matrix_)
+    d = np.asarray(A.sum(axis=1)).ravel()
+    S = sparse.diags(1 / np.sqrt(d)) @ A @ sparse.diags(1 / np.sqrt(d))
+    L = sparse.csr_matrix(sparse.identity(n) - S)
+    ml = pyamg.smoothed_aggregation_solver(sparse.csr_matrix(L + 1e-5 * sparse.identity(n, format="csr")))
+    return L, d, ml
+
+
+def test_block_vcycle_is_a_symmetric_positive_preconditioner():
+    # LOBPCG needs a symmetric positive definite preconditioner; the block cycle must also equal itself applied
+    # column by column (no mixing between the vectors of a block).
+    L, _, ml = _laplacian_and_hierarchy()
+    apply = spectral._block_vcycle(ml)
+    rng = np.random.default_rng(0)
+    B = rng.standard_normal((L.shape[0], 5))
+    MB = apply(B)
+    G = B.T @ MB
+    np.testing.assert_allclose(G, G.T, rtol=1e-8, atol=1e-8)
+    assert np.linalg.eigvalsh(0.5 * (G + G.T)).min() > 0
+    np.testing.assert_allclose(MB[:, 2], apply(B[:, 2]), rtol=1e-10, atol=1e-12)
+    # and it preconditions: M L is much better conditioned on smooth vectors than L alone
+    x = rng.standard_normal(L.shape[0])
+    assert np.linalg.norm(x - apply(L @ x)) < np.linalg.norm(x)
+
+
+def test_coarse_start_spans_the_wanted_eigenvectors():
+    L, d, ml = _laplacian_and_hierarchy()
+    from scipy.sparse.linalg import eigsh
+
+    k = 8
+    _, exact = eigsh(L, k=k + 1, sigma=-1e-3, which="LM")
+    exact = exact[:, 1:]  # the first is the known component vector D^1/2 1
+    X0 = spectral._coarse_start(ml, L, 1, k)
+    assert X0 is not None and X0.shape == (L.shape[0], k)
+    Q = np.linalg.qr(X0)[0]
+    captured = np.linalg.norm(exact.T @ Q) ** 2 / k  # 1 = the same subspace, ~k/n for a random block
+    random_q = np.linalg.qr(np.random.default_rng(0).standard_normal(X0.shape))[0]
+    assert captured > 0.5 > 10 * np.linalg.norm(exact.T @ random_q) ** 2 / k
+
+
+def test_default_lobpcg_clusters_many_touching_clusters_like_arpack():
+    # 12 overlapping clusters on one connected graph: the default LOBPCG (coarse start, 20 iterations, tol 1e-4)
+    # must give the labels a converged ARPACK embedding gives.
+    pytest.importorskip("pyamg")
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(12, 8)) * 0.9
+    y = np.arange(2400) % 12
+    X = (centres[y] + rng.normal(scale=0.5, size=(2400, 8))).astype(np.float32)
+    fits = {
+        solver: SpectralClustering(n_clusters=12, eigen_solver=solver, random_state=0).fit(X)
+        for solver in ("lobpcg", "arpack")
+    }
+    assert fits["lobpcg"].n_connected_components_ == 1
+    assert adjusted_rand_score(fits["arpack"].labels_, fits["lobpcg"].labels_) > 0.9
+    assert adjusted_rand_score(y, fits["lobpcg"].labels_) > 0.8

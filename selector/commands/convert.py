@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from selector.commands._common import add_json_argument, print_json
 
 FORMATS = ("llava", "parquet", "messages", "minigpt4")
 
@@ -28,20 +29,34 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="directory relative image paths refer to; several separated by ':' (first match wins)",
     )
+    parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="read image paths that resolve (after symlinks) outside the image root(s) too; by default they are "
+        "row errors",
+    )
     parser.add_argument("--split", default=None, help="split of a DatasetDict folder or Hub dataset (default train)")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace OUT if it exists (a folder only if vlselect wrote it)"
+    )
+    add_json_argument(parser)
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from selector.data import export_instructions, load_instructions, set_progress
+    from selector.data import export_instructions, load_instructions
+    from selector.runs import check_no_overlap
 
-    set_progress(not (args.quiet or args.json))
+    # the source is read while the output is written: never write over it, into it, or around it
+    check_no_overlap(args.out, args.source, what="OUT")
     dataset = load_instructions(
-        args.source, format=args.format, image_root=args.image_root, split=args.split, streaming=True
+        args.source,
+        format=args.format,
+        image_root=args.image_root,
+        split=args.split,
+        streaming=True,
+        allow_outside_root=args.allow_outside_root,
     )
     report = export_instructions(dataset, args.out, format=args.to, overwrite=args.overwrite)
     result = {
@@ -54,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         "skipped": [list(pair) for pair in report.skipped],
     }
     if args.json:
-        print(json.dumps(result, indent=2, ensure_ascii=False))
+        print_json(result)
         return 0
     print(
         f"wrote {report.n_written} rows as {report.format} to {report.path}"

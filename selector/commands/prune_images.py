@@ -38,6 +38,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--split", default="train", help="split of a DatasetDict folder or Hub dataset")
     parser.add_argument("--image-column", default="image", help="image column of a HF dataset (default image)")
     parser.add_argument("--label-column", default="label", help="label column of a HF dataset (default label)")
+    parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="read image files that resolve (after symlinks) outside SOURCE's folder too; by default they are "
+        "row errors",
+    )
     parser.add_argument("--work-dir", default=None, help="resumable embedding shards (default OUT.embeddings)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available)")
@@ -45,7 +51,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--license", default="other", help="licence id for the card (default other)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     parser.set_defaults(func=run)
     return parser
 
@@ -55,10 +60,6 @@ def run(args) -> int:
     from selector.images import prune_images
     from selector.rows import parse_budget
 
-    if args.quiet:
-        from selector.data.load import set_progress
-
-        set_progress(False)
     result = prune_images(
         args.source,
         parse_budget(args.budget),
@@ -77,6 +78,7 @@ def run(args) -> int:
         overwrite=args.overwrite,
         license=args.license,
         progress=not args.quiet,
+        allow_outside_root=args.allow_outside_root,
         **parse_options(args.option),
     )
     errors = ", ".join(f"{k}: {v}" for k, v in sorted(result.errors.items()))

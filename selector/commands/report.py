@@ -25,7 +25,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default="auto",
         help="2-D map of the embedding: UMAP when umap-learn is installed (auto), else PCA",
     )
-    parser.add_argument("--embedding-column", default=None, help="emb_* column to map (default: the selection's)")
+    parser.add_argument(
+        "--embedding-column",
+        "--embedding-columns",
+        dest="embedding_column",
+        default=None,
+        help="emb_* column to map (default: the selection's)",
+    )
     parser.set_defaults(func=run)
     return parser
 

@@ -6,6 +6,8 @@ import argparse
 import os
 import time
 
+from selector.commands._common import add_json_argument, add_overwrite_argument, print_json, start_afresh
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -19,6 +21,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("source", help="data file or directory, or a folder written by save_to_disk")
     parser.add_argument("--format", default="auto", help="input format (default: detect)")
     parser.add_argument("--image-root", default=None, help="directory relative image paths refer to")
+    parser.add_argument("--split", default=None, help="split of a DatasetDict folder or Hub dataset (default train)")
+    parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="read image paths that resolve (after symlinks) outside the image root(s) too; by default they are "
+        "row errors",
+    )
     parser.add_argument("--metrics", default=None, help="comma-separated metric names, e.g. length,clip")
     parser.add_argument("--metric-config", default=None, metavar="FILE", help="YAML file with metric options")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created; resumed if it exists)")
@@ -33,7 +42,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--num-proc", type=int, default=None, help="worker processes (e.g. one per GPU)")
     parser.add_argument("--shard-size", type=int, default=10_000, help="rows per resumable shard (default 10000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed recorded in the manifest (default 0)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_overwrite_argument(
+        parser, "start afresh: delete the earlier scoring run in --out (without it, that run resumes)"
+    )
+    add_json_argument(parser)
+    parser.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process (default); ray: a Ray cluster, same output (needs vlselect[ray])",
+    )
+    parser.add_argument(
+        "--address", default=None, help="with --engine ray: the Ray cluster ('auto', ray://HOST:10001); default local"
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -50,7 +71,13 @@ def _load(args):
             raise DataError(f"{args.source}: cannot load the saved dataset ({exc})") from exc
     from selector.data import load_instructions
 
-    return load_instructions(args.source, format=args.format, image_root=args.image_root)
+    return load_instructions(
+        args.source,
+        format=args.format,
+        image_root=args.image_root,
+        split=args.split,
+        allow_outside_root=args.allow_outside_root,
+    )
 
 
 def _metric_list(args) -> list:
@@ -81,13 +108,58 @@ def _format_rate(rows_per_second: float) -> str:
     return f"{1 / rows_per_second:.1f} s/row"
 
 
+def _metric_rates(manifest: dict, n_scored: int) -> dict[str, float]:
+    """Rows per second of each metric in this run (its wall time, model loading included)."""
+    return {entry["name"]: n_scored / entry["seconds"] for entry in manifest["metrics"] if entry.get("seconds", 0) > 0}
+
+
+def whole_input_estimate(n_rows: int, n_scored: int, elapsed: float, manifest: dict, own: dict) -> dict:
+    """Seconds a run over all ``n_rows`` takes, as a sum of per-metric parts (``{"seconds", "parts"}``).
+
+    A metric with its own estimate (the LLM judge: ``own[name]``) counts what that estimate says for the requests
+    still to send (cached rows cost nothing) plus its fixed cost in this run (model loading: its wall time here
+    less the time spent waiting for answers), so the total and the judge's "remaining requests" line agree by
+    construction. Every other metric scales its wall time in this run to ``n_rows`` (errs high: model loading is
+    scaled too), and so does writing the output (the run's time outside the metrics).
+    """
+    scale = n_rows / max(n_scored, 1)
+    parts: dict[str, float] = {}
+    metric_total = 0.0
+    for entry in manifest["metrics"]:
+        seconds = float(entry.get("seconds", 0.0))
+        metric_total += seconds
+        est = own.get(entry["name"])
+        if est is not None and est.get("seconds") is not None:
+            waited = float(est.get("this_process", {}).get("seconds", 0.0))
+            parts[entry["name"]] = float(est["seconds"]) + max(seconds - waited, 0.0)
+        else:
+            parts[entry["name"]] = seconds * scale
+    parts["writing"] = max(elapsed - metric_total, 0.0) * scale
+    return {"seconds": sum(parts.values()), "parts": parts}
+
+
 def run(args: argparse.Namespace) -> int:
-    from selector.data import set_progress
-    from selector.runs import read_manifest
+    from selector.errors import ConfigError
+    from selector.runs import check_no_overlap, read_manifest
     from selector.scoring import score
 
-    set_progress(not args.quiet)
+    engine_options = {}
+    if args.address and args.engine != "ray":
+        from selector.errors import ConfigError
+
+        raise ConfigError("--address is the Ray cluster's address: it needs --engine ray")
+    if args.engine == "ray":
+        from selector.ray_engine import require_ray
+
+        require_ray()  # before loading anything: a missing extra is a one-line error
+        engine_options = {"engine": "ray", "address": args.address}
+    check_no_overlap(args.out, args.source)  # the final save would replace the input's files
+    if args.limit is not None and args.limit < 1:
+        # before loading: the input's own warnings would bury this one-line error
+        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
     metric_list = _metric_list(args)
+    if args.overwrite:
+        start_afresh(args.out, source=args.source)
     dataset = _load(args)
     started = time.time()
     scored = score(
@@ -101,10 +173,46 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         source=args.source,
         progress=not args.quiet,
+        **engine_options,
     )
     elapsed = time.time() - started
 
     manifest = read_manifest(args.out)
+    estimates = {}
+    if args.limit:
+        # Metrics that call paid or slow services (the LLM judge) estimate requests, tokens and cost themselves.
+        for metric in metric_list:
+            if hasattr(metric, "estimate") and hasattr(metric, "format_estimate"):
+                estimates[metric.name] = (
+                    metric,
+                    metric.estimate(dataset, n_scored=len(scored), elapsed=manifest["seconds"]),
+                )
+    estimate = None
+    if args.limit and args.limit < len(dataset):
+        estimate = whole_input_estimate(
+            len(dataset), len(scored), elapsed, manifest, {name: est for name, (_, est) in estimates.items()}
+        )
+    if args.json:
+        print_json(
+            {
+                "out": os.path.abspath(args.out),
+                "n_rows": len(dataset),
+                "n_scored": len(scored),
+                "seconds": elapsed,
+                "scoring_seconds": manifest["seconds"],
+                "n_error_rows": manifest["n_error_rows"],
+                "errors_by_kind": manifest["errors_by_kind"],
+                "metrics": [
+                    {"name": e["name"], "columns": e["columns"], "n_nan": e["n_nan"], "report": e.get("report", {})}
+                    for e in manifest["metrics"]
+                ],
+                "estimated_seconds_all_rows": estimate["seconds"] if estimate else None,
+                "estimate_parts": estimate["parts"] if estimate else None,
+                "rows_per_second": _metric_rates(manifest, len(scored)),
+                "estimates": {name: est for name, (_, est) in estimates.items()},
+            }
+        )
+        return 0
     print(f"scored {len(scored)} of {len(dataset)} rows in {_format_seconds(elapsed)} -> {args.out}")
     if manifest["n_error_rows"]:
         kinds = ", ".join(f"{k}: {v}" for k, v in manifest["errors_by_kind"].items())
@@ -114,19 +222,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {column}: {entry['n_nan'].get(column, 0)} NaN")
         for key, value in entry.get("report", {}).items():
             print(f"  {entry['name']} {key}: {value}")
-    if args.limit and args.limit < len(dataset):
-        # Scale the scoring time (model loading included, so this errs high) and add the fixed cost of
-        # writing the output once.
-        scoring = manifest["seconds"]
-        estimate = scoring * len(dataset) / len(scored) + max(elapsed - scoring, 0.0) * len(dataset) / len(scored)
-        print(
-            f"estimate for all {len(dataset)} rows: about {_format_seconds(estimate)} "
-            f"({_format_rate(len(scored) / max(scoring, 1e-9))} while scoring, model loading included)"
-        )
-    if args.limit:
-        # Metrics that call paid or slow services (the LLM judge) estimate requests, tokens and cost themselves.
-        for metric in metric_list:
-            if hasattr(metric, "estimate") and hasattr(metric, "format_estimate"):
-                est = metric.estimate(dataset, n_scored=len(scored), elapsed=manifest["seconds"])
-                print(metric.format_estimate(est))
+    for name, rate in _metric_rates(manifest, len(scored)).items():
+        print(f"  {name}: {_format_rate(rate)} (this run, model loading included)")
+    if estimate is not None:
+        parts = ", ".join(f"{name} {_format_seconds(sec)}" for name, sec in estimate["parts"].items())
+        print(f"estimate for all {len(dataset)} rows: about {_format_seconds(estimate['seconds'])} ({parts})")
+    for metric, est in estimates.values():
+        print(metric.format_estimate(est))
     return 0

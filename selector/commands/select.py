@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
+
+from selector.commands._common import add_json_argument, print_json
 
 
 def _strategy_names() -> str:
@@ -45,7 +48,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="write every row with selected / selection_rank / selection_reason columns instead of the subset",
     )
-    parser.add_argument("--embedding-column", default=None, help="emb_* column (default: the only one, if one)")
+    parser.add_argument(
+        "--embedding-column",
+        "--embedding-columns",
+        dest="embedding_column",
+        default=None,
+        help="emb_* column (default: the only one, if one)",
+    )
     parser.add_argument("--score-column", default=None, help="score_* column to rank by (higher = better)")
     parser.add_argument(
         "--selector",
@@ -96,10 +105,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--cluster-column", default=None, help="cluster_* column with precomputed clusters")
     parser.add_argument("--stratify-column", default=None, help="apply quotas per value of this column (e.g. source)")
-    add_option_argument(parser, "-o n_clusters=50 -o keep=easy -o eps=0.05")
+    add_option_argument(parser, "--set n_clusters=50 -o keep=easy")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier result")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    add_json_argument(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -112,15 +121,11 @@ def parse_budget(text: str) -> int | float:
 
 
 def add_option_argument(parser: argparse.ArgumentParser, example: str) -> None:
-    """Add the repeatable ``-o/--option KEY=VALUE`` strategy flag (read back with :func:`parse_options`)."""
-    parser.add_argument(
-        "-o",
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"strategy option, repeatable (e.g. {example}); values are YAML",
-    )
+    """Add the repeatable ``--set KEY=VALUE`` strategy flag, aliases ``-o``/``--option`` (read back with
+    :func:`parse_options`)."""
+    from selector.commands._common import add_set_argument
+
+    add_set_argument(parser, "strategy option; values are YAML", example)
 
 
 def parse_options(items: list[str]) -> dict:
@@ -134,13 +139,13 @@ def parse_options(items: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
-            raise ConfigError(f"--option {item!r} is not KEY=VALUE")
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE")
         if key in options:
-            raise ConfigError(f"--option {key} given twice")
+            raise ConfigError(f"--set {key} given twice")
         try:
             options[key] = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--option {item!r}: the value is not valid YAML ({exc})") from None
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc})") from None
     return options
 
 
@@ -189,6 +194,20 @@ def select_kwargs(args: argparse.Namespace, dataset) -> dict:
     }
 
 
+def selection_result(selection) -> dict:
+    """The JSON form of a selection's outcome (``--json``): counts, reasons, filter and dedup counts, warnings."""
+    result = {"strategy": selection.strategy, **selection.summary()}
+    if selection.filter_report:
+        result["filtered"] = {
+            "n_filtered": selection.filter_report["n_filtered"],
+            "counts": selection.filter_report["counts"],
+        }
+    if selection.dedup_report:
+        result["dedup"] = {key: selection.dedup_report.get(key) for key in ("n_duplicates", "n_compared", "columns")}
+    result["warnings"] = list(selection.warnings)
+    return result
+
+
 def print_summary(selection, out: str) -> None:
     summary = selection.summary()
     reasons = ", ".join(f"{k} {v}" for k, v in summary["reasons"].items())
@@ -209,13 +228,10 @@ def run(args: argparse.Namespace) -> int:
     from selector.runs import check_out_folder, load_scored, write_selection
     from selector.selection import select
 
-    if args.quiet:
-        from datasets.utils.logging import disable_progress_bar
-
-        disable_progress_bar()
+    started = time.time()
     budget = parse_budget(args.budget)
     out = os.path.abspath(args.out)
-    check_out_folder(out, overwrite=args.overwrite)
+    check_out_folder(out, source=args.scored_dir, overwrite=args.overwrite)
     dataset = load_scored(args.scored_dir)
     # flags are checked before the quality score loads a selector or reads columns.
     spec = quality_spec(args)
@@ -234,5 +250,8 @@ def run(args: argparse.Namespace) -> int:
         keep_rejected=args.keep_rejected,
         extra={"selector": getattr(args, "selector", None), "quality": quality_report},
     )
+    if args.json:
+        print_json({"out": out, **selection_result(selection), "seconds": time.time() - started})
+        return 0
     print_summary(selection, out)
     return 0

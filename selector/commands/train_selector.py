@@ -28,7 +28,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--score-columns", nargs="+", default=None, metavar="COL", help="score_* columns (default: all numeric ones)"
     )
     parser.add_argument(
-        "--embedding-columns", nargs="+", default=None, metavar="COL", help="emb_* columns (default: all)"
+        "--embedding-columns",
+        "--embedding-column",
+        dest="embedding_columns",
+        nargs="+",
+        default=None,
+        metavar="COL",
+        help="emb_* columns (default: all)",
     )
     parser.add_argument("--n-components", type=int, default=6, help="PCA components per embedding (default 6)")
     parser.add_argument("--max-epochs", type=int, default=300, help="network: most epochs (default 300)")
@@ -44,7 +50,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace a selector already saved in --out")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="also upload to this Hub model repo")
-    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repository")
+    visibility = parser.add_mutually_exclusive_group()
+    visibility.add_argument(
+        "--private",
+        dest="private",
+        action="store_true",
+        default=True,
+        help="with --push-to-hub: create a private repository (default)",
+    )
+    visibility.add_argument(
+        "--public", dest="private", action="store_false", help="with --push-to-hub: create a public repository"
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -92,6 +108,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"features: {', '.join(selector.feature_spec_.columns)}")
     print(f"wrote {out}")
     if args.push_to_hub:
-        url = selector.push_to_hub(args.push_to_hub, private=args.private or None)
+        from selector.card import PublishError, network_errors
+
+        try:
+            url = selector.push_to_hub(args.push_to_hub, private=args.private)
+        except network_errors() as exc:
+            # the selector is saved already; say so, in one line, instead of a traceback
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise PublishError(f"saved {out} but could not push it to {args.push_to_hub}: {first}") from None
         print(f"pushed to {url}")
     return 0

@@ -16,8 +16,8 @@ goes, so a streamed source converts in bounded memory.
 
 from __future__ import annotations
 
+import errno
 import hashlib
-import io
 import json
 import logging
 import os
@@ -111,33 +111,50 @@ _EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".
 
 
 def _extension(data: bytes) -> str:
-    from PIL import Image
+    from selector.data.images import open_image
 
-    with Image.open(io.BytesIO(data)) as img:
+    with open_image(data) as img:
         return _EXT.get(img.format or "", f".{(img.format or 'bin').lower()}")
 
 
 class _ImageFiles:
     """Writes image files under ``base`` and returns their paths relative to it.
 
-    The original relative path is kept when it is safe (relative, no ``..``), so exported data looks like the
-    source; otherwise, or when that path already holds different bytes, the file is named by its content hash.
-    Existing files are never overwritten.
+    The original relative path is kept when it is safe (relative, no ``..``, not ``.``, not the export file itself
+    or its temporary file: ``reserved``), so exported data looks like the source; otherwise, or when that path
+    already holds different bytes or a folder, the file is named by its content hash. Existing files are never
+    overwritten.
     """
 
-    def __init__(self, base: str, subdir: str = "images") -> None:
+    def __init__(self, base: str, subdir: str = "images", reserved: str | None = None) -> None:
         self.base = base
         self.subdir = subdir
+        self.reserved = reserved  # the export file's name: an image named like it would be overwritten by it
         self.written: dict[str, str] = {}  # relative path -> sha256 of what is there
         self.n_files = 0
 
+    def _safe(self, path: Any) -> str | None:
+        """``path`` normalised when it can name a file under ``base``, else None (then the hash name is used)."""
+        if not isinstance(path, str) or not path or os.path.isabs(path):
+            return None
+        parts = path.replace("\\", "/").split("/")
+        rel = os.path.normpath(path)
+        if ".." in parts or rel in (".", "") or rel.startswith(".."):
+            return None
+        if self.reserved and rel.split(os.sep, 1)[0].startswith(self.reserved):
+            return None
+        return rel
+
     def _holds(self, rel: str, digest: str) -> bool | None:
-        """True: ``rel`` already holds these bytes; False: other bytes; None: free."""
+        """True: ``rel`` already holds these bytes; False: other bytes (or a folder, or a file on its way); None:
+        free."""
         if rel in self.written:
             return self.written[rel] == digest
         target = os.path.join(self.base, rel)
-        if not os.path.exists(target):
+        if not os.path.lexists(target):
             return None
+        if not os.path.isfile(target) or os.path.islink(target):
+            return False
         with open(target, "rb") as handle:
             same = hashlib.sha256(handle.read()).hexdigest() == digest
         if same:
@@ -147,10 +164,8 @@ class _ImageFiles:
     def write(self, image: dict) -> str:
         data = _image_bytes(image)
         digest = hashlib.sha256(data).hexdigest()
-        path = image.get("path")
-        candidates = []
-        if path and not os.path.isabs(path) and ".." not in path.replace("\\", "/").split("/"):
-            candidates.append(os.path.normpath(path))
+        safe = self._safe(image.get("path"))
+        candidates = [safe] if safe else []
         candidates.append(os.path.join(self.subdir, digest[:20] + _extension(data)))
         for rel in candidates:
             state = self._holds(rel, digest)
@@ -158,9 +173,17 @@ class _ImageFiles:
                 return rel
             if state is None:
                 target = os.path.join(self.base, rel)
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                with open(target, "wb") as handle:
-                    handle.write(data)
+                try:
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    # "x": never replace a file that appeared since _holds looked
+                    with open(target, "xb") as handle:
+                        handle.write(data)
+                except (FileExistsError, NotADirectoryError):
+                    continue  # a parent on the path is a file, or the name was taken: try the hash name
+                except OSError as exc:
+                    if exc.errno != errno.ENAMETOOLONG:
+                        raise
+                    continue
                 self.written[rel] = digest
                 self.n_files += 1
                 return rel
@@ -208,6 +231,8 @@ def _with_source(out: dict, row: dict) -> dict:
 
 
 def _check_target(path: str, overwrite: bool) -> None:
+    if os.path.isdir(path):
+        raise DataError(f"{path} is a folder; a {os.path.splitext(path)[1]} export is a file")
     if os.path.exists(path) and not overwrite:
         raise DataError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -220,7 +245,7 @@ def _export_json_rows(rows, path: str, convert, report: ExportReport, overwrite:
     next to ``path`` and returns their relative references. The row's ``source`` is added to each record.
     """
     _check_target(path, overwrite)
-    files = _ImageFiles(os.path.dirname(os.path.abspath(path)))
+    files = _ImageFiles(os.path.dirname(os.path.abspath(path)), reserved=os.path.basename(path))
     with atomic_open(path, "w") as handle, _JsonWriter(handle, path.endswith(".jsonl")) as out:
         for row in rows:
             reason = _unusable(row)
@@ -384,6 +409,7 @@ def _export_messages(rows, path: str, report: ExportReport, overwrite: bool) -> 
 
 
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9_\-]")
+_MAX_NAME = 120  # characters of an id kept in a minigpt4 image file name
 
 
 def _minigpt4_problem(row: dict) -> str | None:
@@ -412,11 +438,16 @@ def _minigpt4_problem(row: dict) -> str | None:
 def _export_minigpt4(rows, path: str, report: ExportReport, overwrite: bool) -> None:
     if path.endswith((".json", ".jsonl", ".parquet")):
         raise DataError(f"{path}: a minigpt4 export is a folder (it gets filter_cap.json and image/)")
-    if os.path.exists(path):
-        if not overwrite:
-            raise DataError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    temp = tempfile.mkdtemp(prefix=".vlselect-export-", dir=os.path.dirname(os.path.abspath(path)))
+    from selector.runs import check_out_folder, swap_into_place
+
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise DataError(f"{path} exists and is not a folder; a minigpt4 export is a folder")
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise DataError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    # only a folder vlselect wrote is replaced, and only once the new one is complete (written beside, then swapped)
+    path = check_out_folder(path, overwrite=overwrite, what="output")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temp = tempfile.mkdtemp(prefix=".vlselect-export-", dir=os.path.dirname(path))
     try:
         os.makedirs(os.path.join(temp, "image"))
         annotations = []
@@ -430,6 +461,10 @@ def _export_minigpt4(rows, path: str, report: ExportReport, overwrite: bool) -> 
             ext = _extension(data)
             # image_id names the file; ids with other characters are made file-safe (and unique).
             base = _UNSAFE_ID.sub("_", row["id"]) or "row"
+            if len(base) > _MAX_NAME:
+                # file names are limited (255 bytes on most file systems): keep a prefix, made unique by a hash
+                digest = hashlib.sha256(row["id"].encode("utf-8", "replace")).hexdigest()[:16]
+                base = f"{base[: _MAX_NAME - 17]}_{digest}"
             name, n = base, 0
             while name in used:
                 n += 1
@@ -443,7 +478,7 @@ def _export_minigpt4(rows, path: str, report: ExportReport, overwrite: bool) -> 
             annotations.append({"image_id": image_id, "caption": row["messages"][1]["content"]})
         with open(os.path.join(temp, "filter_cap.json"), "w", encoding="utf-8") as handle:
             json.dump({"annotations": annotations}, handle, ensure_ascii=False, indent=1)
-        os.replace(temp, path)
+        swap_into_place(temp, path)
     finally:
         if os.path.exists(temp):
             shutil.rmtree(temp)
@@ -463,7 +498,9 @@ def export_instructions(dataset, path, format: str = "parquet", overwrite: bool 
             ``images``) as ``.parquet`` (bytes embedded) or ``.json``/``.jsonl`` (image files beside it);
             ``minigpt4``: a folder that gets ``filter_cap.json`` and ``image/<image_id>.<ext>``.
         format: ``"llava"``, ``"parquet"``, ``"messages"`` or ``"minigpt4"``.
-        overwrite: replace an existing output file or folder. Existing image files are never overwritten.
+        overwrite: replace an existing output file, or a ``minigpt4`` folder that vlselect wrote (see
+            :func:`selector.runs.is_own_folder`; the new folder is written beside it and swapped in, so a failed
+            export leaves the old one as it was). Existing image files are never overwritten.
 
     Returns:
         An :class:`ExportReport`; ``skipped`` lists every row the target can't represent, with the reason.
@@ -471,6 +508,7 @@ def export_instructions(dataset, path, format: str = "parquet", overwrite: bool 
     Raises:
         DataError: unknown format, wrong suffix for the format, the output exists, or the dataset lacks the
             canonical columns.
+        ConfigError: ``overwrite`` names a ``minigpt4`` folder that vlselect did not write.
 
     Example:
         >>> ds = load_instructions("selector/example_data/llava_mini.json")  # doctest: +SKIP

@@ -20,6 +20,7 @@ format; ``read`` yields raw rows, usually built with :func:`record_reader`) and 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -111,6 +112,8 @@ def read_json(path: str) -> Any:
         return json.loads(_decode(data))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise DataError(f"{path}: invalid JSON: nested too deeply to parse") from None
 
 
 def iter_jsonl(path: str) -> Iterator[tuple[int, Any, str | None]]:
@@ -127,6 +130,8 @@ def iter_jsonl(path: str) -> Iterator[tuple[int, Any, str | None]]:
                 yield number, json.loads(_decode(line)), None
             except json.JSONDecodeError as exc:
                 yield number, None, f"invalid_json: {path} line {number} column {exc.colno}: {exc.msg}"
+            except RecursionError:
+                yield number, None, f"invalid_json: {path} line {number} is nested too deeply to parse"
 
 
 def _arrow_batches(path: str) -> Iterator:
@@ -389,11 +394,20 @@ def _sniff_canonical(probe: Probe) -> bool:
 
 def _convert_canonical(record: dict, fallback: str) -> RawRow:
     row = _convert_messages({k: v for k, v in record.items() if k not in ("images", "image")}, fallback)
-    images = record.get("images") or []
-    row.images = list(images) if images else ([record["image"]] if record.get("image") is not None else [])
-    if record.get("error"):
-        row.errors.insert(0, record["error"])
+    images = record.get("images")
+    if isinstance(images, list) and images:
+        row.images = list(images)
+    elif images is None or images == []:
+        row.images = [record["image"]] if record.get("image") is not None else []
+    else:
+        row.errors.append(f"bad_row: 'images' must be a list of images, got {type(images).__name__}")
+    error = record.get("error")
+    if isinstance(error, str) and error:
+        row.errors.insert(0, error)
         row.checked = True
+    elif error is not None and error != "" and not (isinstance(error, float) and math.isnan(error)):
+        # None, NaN and "" mean usable (selector.rows.is_usable_error); anything else is not a canonical error
+        row.errors.insert(0, f"bad_row: 'error' must be a string or null, got {type(error).__name__}")
     return row
 
 
@@ -499,10 +513,20 @@ class Source:
 
 def _saved_dataset_files(folder: str) -> list[str]:
     state = read_json(os.path.join(folder, "state.json"))
-    names = [entry["filename"] for entry in state.get("_data_files", []) if isinstance(entry, dict)]
-    if not names:
-        raise DataError(f"{folder}: state.json lists no data files")
+    entries = state.get("_data_files") if isinstance(state, dict) else None
+    names = [e.get("filename") for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+    if not names or not all(isinstance(name, str) and name for name in names):
+        raise DataError(f"{folder}: state.json lists no data files (expected '_data_files': [{{'filename': ...}}])")
+    for name in names:
+        # a data file named outside the folder is not part of this saved dataset
+        if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+            raise DataError(f"{folder}: state.json names a data file outside the folder: {name!r}")
     return [os.path.join(folder, name) for name in names]
+
+
+def _split_name(name: Any) -> bool:
+    """A split name that is a plain folder name (no path separator, not ``.`` or ``..``)."""
+    return isinstance(name, str) and bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
 
 
 def pick_split(available: list[str], split: str | None, where: str) -> str:
@@ -536,7 +560,11 @@ def resolve_source(source: str, split: str | None = None) -> Source:
         return Source(name=source, files=(source,))
     dict_file = os.path.join(source, "dataset_dict.json")
     if os.path.exists(dict_file):
-        splits = read_json(dict_file).get("splits", [])
+        info = read_json(dict_file)
+        splits = info.get("splits") if isinstance(info, dict) else None
+        # a string would be read as its letters ("train" -> t, r, a, i, n)
+        if not isinstance(splits, list) or not splits or not all(_split_name(s) for s in splits):
+            raise DataError(f"{dict_file}: 'splits' must be a non-empty list of split names, got {splits!r}"[:300])
         chosen = pick_split(list(splits), split, source)
         return Source(name=source, files=tuple(_saved_dataset_files(os.path.join(source, chosen))), split=chosen)
     if split not in (None, "train"):

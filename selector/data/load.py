@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,13 +25,13 @@ from selector.data.formats import (
     pick_split,
     resolve_source,
 )
-from selector.data.images import check_image_bytes, read_image_file
+from selector.data.images import ImageLimits, hub_cache_roots, load_row_images
 from selector.data.schema import IMAGE_TOKEN, error_kind, features
 from selector.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-_LOADER_VERSION = "2"  # bump when the rows produced for the same input change, to invalidate datasets' cache
+_LOADER_VERSION = "3"  # bump when the rows produced for the same input change, to invalidate datasets' cache
 
 
 @dataclass
@@ -60,12 +61,18 @@ class LoadReport:
     renamed_ids: list[tuple[str, str]] = field(default_factory=list)
 
 
+# Surrogates surrogateescape does not produce: JSON-escaped halves of a pair ("\ud83d"), common in scraped text.
+_LONE_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
+
+
 def _repair_text(value: str) -> tuple[str, bool]:
-    """Replace lone surrogates left by surrogateescape decoding with U+FFFD; report whether any were found."""
+    """Replace lone surrogates with U+FFFD: bytes that were not UTF-8 (kept as U+DC80..U+DCFF by surrogateescape
+    decoding) and JSON-escaped lone halves of a surrogate pair (``"\\ud83d"``); report whether any were found."""
     try:
         value.encode("utf-8")
         return value, False
     except UnicodeEncodeError:
+        value = _LONE_SURROGATE.sub("\ufffd", value)
         return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), True
 
 
@@ -86,39 +93,33 @@ def parse_image_roots(image_root: str | os.PathLike | list | tuple | None) -> li
     return [os.path.abspath(root) for root in roots]
 
 
-def _find_image(ref: str, image_roots: list[str]) -> tuple[bytes | None, str | None]:
-    if os.path.isabs(ref) or len(image_roots) == 1:
-        return read_image_file(ref if os.path.isabs(ref) else os.path.join(image_roots[0], ref))
-    for root in image_roots:
-        path = os.path.join(root, ref)
-        if os.path.exists(path):
-            return read_image_file(path)  # the first root that has the file wins, even if the file is bad
-    return None, f"missing_image: {ref} not found in any image root ({', '.join(image_roots)})"
+def _unnameable_path(ref: Any) -> str | None:
+    """The error for an image path no file can have (a NUL, or a JSON-escaped lone surrogate: the OS refuses
+    both with ValueError), else None. Bytes that were not UTF-8 (U+DC80..U+DCFF) can name a file and pass."""
+    path = ref.get("path") if isinstance(ref, dict) and not ref.get("bytes") else ref
+    if isinstance(path, str) and ("\0" in path or _LONE_SURROGATE.search(path)):
+        shown = _repair_text(path.replace("\0", "\ufffd"))[0]
+        return f"missing_image: {shown!r} can't name a file (it holds a NUL or half of a surrogate pair)"
+    return None
 
 
-def _resolve_image(ref: Any, image_roots: list[str]) -> tuple[dict | None, str | None]:
-    if isinstance(ref, (bytes, bytearray)):
-        error = check_image_bytes(bytes(ref), "embedded image")
-        return (None, error) if error else ({"bytes": bytes(ref), "path": None}, None)
-    if isinstance(ref, dict) and ref.get("bytes"):
-        name = ref.get("path") or "embedded image"
-        error = check_image_bytes(ref["bytes"], name)
-        return (None, error) if error else ({"bytes": ref["bytes"], "path": ref.get("path")}, None)
-    if isinstance(ref, dict):
-        ref = ref.get("path")
-    if not isinstance(ref, str) or not ref:
-        return None, "missing_image: the row names an image without a path"
-    data, error = _find_image(ref, image_roots)
-    # The relative path is kept as the image's name so an exported subset can be written back the same way.
-    return (None, error) if error else ({"bytes": data, "path": ref}, None)
-
-
-def canonical_row(raw: RawRow, image_root: str | list[str]) -> dict[str, Any]:
+def canonical_row(
+    raw: RawRow,
+    image_root: str | list[str],
+    *,
+    allow_outside_root: bool = False,
+    image_limits: ImageLimits | None = None,
+    trusted_roots: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """Apply the shared checks to one adapter row and return the canonical row dict.
 
     Args:
         raw: the adapter's row.
-        image_root: directory (or list of directories, first match wins) that relative image paths refer to.
+        image_root: directory (or list of directories, first match wins) that relative image paths refer to; also
+            the allowed roots (see :mod:`selector.data.images`).
+        allow_outside_root: read image paths that resolve outside ``image_root`` too.
+        image_limits: byte and pixel caps (default :meth:`selector.data.images.ImageLimits.from_env`).
+        trusted_roots: further folders image paths may resolve into, never searched (a Hub dataset's caches).
     """
     image_roots = [image_root] if isinstance(image_root, (str, os.PathLike)) else list(image_root)
     errors = list(raw.errors)
@@ -133,15 +134,29 @@ def canonical_row(raw: RawRow, image_root: str | list[str]) -> dict[str, Any]:
     if bad_text:
         errors.append("invalid_utf8: the text had bytes that are not UTF-8; they were replaced by U+FFFD")
 
-    images = []
-    for ref in raw.images:
-        if ref is None and raw.checked:
-            images.append(None)  # could not be read when first loaded; `error` already says why
-            continue
-        image, error = _resolve_image(ref, image_roots)
-        images.append(image)
-        if error:
-            errors.append(error)
+    # A None image of a checked row could not be read when first loaded; `error` already says why.
+    todo = []
+    for k, ref in enumerate(raw.images):
+        unusable = _unnameable_path(ref)
+        if unusable:
+            errors.append(unusable)
+        elif not (ref is None and raw.checked):
+            todo.append(k)
+    resolved, image_errors = load_row_images(
+        [raw.images[k] for k in todo],
+        image_roots,
+        allow_outside_root=allow_outside_root,
+        limits=image_limits,
+        row_name=f"row {raw.id}",
+        trusted_roots=trusted_roots,
+    )
+    images: list = [None] * len(raw.images)
+    for k, image in zip(todo, resolved):
+        if image is not None and isinstance(image.get("path"), str):
+            # a path kept as the image's name must be valid text for Arrow (lone surrogates become U+FFFD)
+            image = {**image, "path": _repair_text(image["path"])[0]}
+        images[k] = image
+    errors.extend(image_errors)
 
     skip = raw.checked or any(
         kind in (error_kind(e) for e in errors) for kind in ("missing_conversation", "invalid_json")
@@ -157,12 +172,14 @@ def canonical_row(raw: RawRow, image_root: str | list[str]) -> dict[str, Any]:
     source = raw.source
     if source is not None:
         source, _ = _repair_text(source)
+    # error texts quote the input (paths, values), which may hold the same lone surrogates
+    error = _repair_text("; ".join(str(e) for e in errors))[0] if errors else None
     return {
         "id": row_id,
         "image": images[0] if images else None,
         "images": images if len(images) > 1 else [],
         "messages": messages,
-        "error": "; ".join(errors) if errors else None,
+        "error": error,
         "source": source,
     }
 
@@ -173,18 +190,30 @@ def _id_key(row_id: str) -> bytes:
 
 
 def _generate(
-    files: tuple[str, ...], format: str, image_roots: tuple[str, ...], stamp: str
+    files: tuple[str, ...],
+    format: str,
+    image_roots: tuple[str, ...],
+    stamp: str,
+    allow_outside_root: bool = False,
+    image_limits: ImageLimits | None = None,
+    trusted_roots: tuple[str, ...] = (),
 ) -> Iterator[dict[str, Any]]:
     # `stamp` is unused here; it is part of gen_kwargs so that datasets' cache key changes with the input files.
     # Tuples, not lists: datasets treats list-valued gen_kwargs as shards and would split them.
-    from tqdm.auto import tqdm
+    from selector.logs import progress
 
     seen: set[bytes] = set()
     suffixes: Counter[str] = Counter()
     reader = FORMATS[format].read(files, image_roots)
     name = os.path.basename(files[0]) + (f" (+{len(files) - 1} files)" if len(files) > 1 else "")
-    for raw in tqdm(reader, desc=f"Reading {name}", unit=" rows", disable=_quiet()):
-        row = canonical_row(raw, list(image_roots))
+    for raw in progress(reader, desc=f"Reading {name}", unit=" rows"):
+        row = canonical_row(
+            raw,
+            list(image_roots),
+            allow_outside_root=allow_outside_root,
+            image_limits=image_limits,
+            trusted_roots=trusted_roots,
+        )
         original = unique = row["id"]
         key = _id_key(unique)
         while key in seen:
@@ -198,23 +227,15 @@ def _generate(
         raise DataError(f"{files[0]}: the dataset has no rows")
 
 
-_QUIET = False
-
-
-def _quiet() -> bool:
-    return _QUIET
-
-
 def set_progress(enabled: bool) -> None:
-    """Turn vlselect's and ``datasets``' progress bars on or off (the CLI's ``--quiet``)."""
-    global _QUIET
-    _QUIET = not enabled
-    import datasets
+    """Turn vlselect's and third-party libraries' (datasets, transformers) progress bars on or off.
 
-    if enabled:
-        datasets.enable_progress_bars()
-    else:
-        datasets.disable_progress_bars()
+    Shorthand for :func:`selector.logs.set_progress_bars` and :func:`selector.logs.set_third_party_progress_bars`.
+    """
+    from selector import logs
+
+    logs.set_progress_bars(enabled)
+    logs.set_third_party_progress_bars(enabled)
 
 
 def _stamp(*paths: str) -> str:
@@ -226,6 +247,53 @@ def _stamp(*paths: str) -> str:
         except OSError:
             parts.append(f"{path}:absent")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+def _image_stamp(files: tuple[str, ...], format: str, roots: list[str], data_stamp: str) -> str:
+    """Hash of the size and modification time of every image file the rows name, in every root that could hold it.
+
+    The data file's stamp alone misses an image fixed (or broken) in place: its folder's mtime does not change, so
+    datasets' cache would serve the old bytes and the old ``error``. Listing the referenced paths means reading
+    the rows once more; the list is kept under the datasets cache keyed by the data file's stamp, so later loads
+    of an unchanged file only ``stat`` the images.
+    """
+    import datasets.config
+
+    key = hashlib.sha256(f"{data_stamp}:{format}:{os.pathsep.join(roots)}".encode()).hexdigest()[:32]
+    listing = os.path.join(datasets.config.HF_DATASETS_CACHE, "vlselect-image-lists", f"{key}.txt")
+    paths: list[str] | None = None
+    try:
+        with open(listing, encoding="utf-8", errors="surrogateescape") as handle:
+            paths = handle.read().split("\0")[:-1]
+    except OSError:
+        pass
+    if paths is None:
+        found: dict[str, None] = {}
+        for raw in FORMATS[format].read(files, tuple(roots)):
+            for ref in raw.images:
+                if isinstance(ref, dict) and not ref.get("bytes"):
+                    ref = ref.get("path")
+                # a NUL or a JSON-escaped lone surrogate can't name a file (os.stat raises ValueError on both)
+                if not isinstance(ref, str) or not ref or "\0" in ref or _LONE_SURROGATE.search(ref):
+                    continue
+                for path in [ref] if os.path.isabs(ref) else [os.path.join(root, ref) for root in roots]:
+                    found[path] = None
+        paths = list(found)
+        try:
+            os.makedirs(os.path.dirname(listing), exist_ok=True)
+            with open(listing + f".tmp-{os.getpid()}", "w", encoding="utf-8", errors="surrogateescape") as handle:
+                handle.write("".join(f"{path}\0" for path in paths))
+            os.replace(listing + f".tmp-{os.getpid()}", listing)
+        except OSError as exc:  # a read-only cache only costs the next load another pass over the rows
+            logger.debug("could not keep the image list %s: %s", listing, exc)
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            st = os.stat(path)
+            digest.update(f"{path}:{st.st_size}:{st.st_mtime_ns}\0".encode("utf-8", "surrogateescape"))
+        except OSError:
+            digest.update(f"{path}:absent\0".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:32]
 
 
 def _load_hub(source: str, split: str | None) -> Source:
@@ -286,9 +354,12 @@ class _Plan:
     image_roots: list[str]
     stamp: str
     fingerprint: str
+    allow_outside_root: bool = False
+    image_limits: ImageLimits = field(default_factory=ImageLimits)
+    trusted_roots: tuple[str, ...] = ()
 
 
-def _plan(source, format: str, image_root, split: str | None) -> _Plan:
+def _plan(source, format: str, image_root, split: str | None, allow_outside_root: bool = False) -> _Plan:
     source = os.fspath(source)
     if not os.path.exists(source) and looks_like_hub_id(source):
         resolved = _load_hub(source, split)
@@ -306,8 +377,15 @@ def _plan(source, format: str, image_root, split: str | None) -> _Plan:
     if roots is None:
         roots = [os.path.abspath(root) for root in FORMATS[format].default_image_root(files[0])]
     stamp = _stamp(*files, *roots)
-    fingerprint = hashlib.sha256(f"{stamp}:{format}:{os.pathsep.join(roots)}".encode()).hexdigest()[:32]
-    return _Plan(resolved, format, roots, stamp, fingerprint)
+    stamp = hashlib.sha256(f"{stamp}:{_image_stamp(files, format, roots, stamp)}".encode()).hexdigest()[:32]
+    limits = ImageLimits.from_env()
+    # The image rules change which rows load, so they are part of the cache key.
+    key = f"{stamp}:{format}:{os.pathsep.join(roots)}:{bool(allow_outside_root)}:{limits!r}"
+    fingerprint = hashlib.sha256(key.encode()).hexdigest()[:32]
+    # A Hub dataset's image files (an imagefolder repo, say) are paths into the caches they were downloaded to.
+    trusted = hub_cache_roots() if resolved.hub else ()
+    return _Plan(resolved, format, roots, stamp, fingerprint, bool(allow_outside_root), limits, trusted)
+
 
 
 def _gen_kwargs(plan: _Plan) -> dict[str, Any]:
@@ -316,6 +394,9 @@ def _gen_kwargs(plan: _Plan) -> dict[str, Any]:
         "format": plan.format,
         "image_roots": tuple(plan.image_roots),
         "stamp": plan.stamp,
+        "allow_outside_root": plan.allow_outside_root,
+        "image_limits": plan.image_limits,
+        "trusted_roots": plan.trusted_roots,
     }
 
 
@@ -365,11 +446,12 @@ def load_with_report(
     format: str = "auto",
     image_root: str | list[str] | None = None,
     split: str | None = None,
+    allow_outside_root: bool = False,
 ):
     """Like :func:`load_instructions`, also returning the :class:`LoadReport`."""
     from datasets import Dataset
 
-    plan = _plan(source, format, image_root, split)
+    plan = _plan(source, format, image_root, split, allow_outside_root)
     try:
         dataset = Dataset.from_generator(
             _generate, features=features(), gen_kwargs=_gen_kwargs(plan), fingerprint=plan.fingerprint
@@ -403,6 +485,7 @@ def load_instructions(
     image_root: str | list[str] | None = None,
     split: str | None = None,
     streaming: bool = False,
+    allow_outside_root: bool = False,
 ):
     """Load image-instruction data into a ``datasets.Dataset`` with the canonical columns.
 
@@ -422,6 +505,10 @@ def load_instructions(
         streaming: return a ``datasets.IterableDataset`` that reads the source lazily, row by row, with the
             same checks; memory stays bounded however large a JSONL, Parquet or Arrow source is (ids are kept
             as 8-byte digests to make them unique).
+        allow_outside_root: also read image paths that resolve (after symlinks) outside the image roots. By
+            default such a path is the row error ``image_outside_root: <path>``: the allowed roots are
+            ``image_root`` when given, else the format's default above. Every image is also read only from a
+            regular file, within byte, pixel and format limits (:mod:`selector.data.images`).
 
     Returns:
         A ``datasets.Dataset`` (or ``IterableDataset`` when ``streaming``) with columns ``id``, ``image``,
@@ -441,9 +528,11 @@ def load_instructions(
     if streaming:
         from datasets import IterableDataset
 
-        plan = _plan(source, format, image_root, split)
+        plan = _plan(source, format, image_root, split, allow_outside_root)
         return IterableDataset.from_generator(_generate, features=features(), gen_kwargs=_gen_kwargs(plan))
-    dataset, _ = load_with_report(source, format=format, image_root=image_root, split=split)
+    dataset, _ = load_with_report(
+        source, format=format, image_root=image_root, split=split, allow_outside_root=allow_outside_root
+    )
     return dataset
 
 

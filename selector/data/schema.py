@@ -17,7 +17,6 @@ Derived on demand: :func:`instruction` (first user turn, image token removed) an
 
 from __future__ import annotations
 
-import io
 import re
 from typing import Any
 
@@ -33,7 +32,9 @@ ERROR_KINDS = {
     "missing_image": "the image file does not exist",
     "empty_image": "the image file has zero bytes",
     "corrupt_image": "the image file is truncated or not an image",
-    "image_too_large": "the image exceeds Pillow's decompression-bomb limit",
+    "image_too_large": "the image exceeds the byte or pixel caps (per image, after a model's resize, or per row)",
+    "image_outside_root": "the image path resolves outside the allowed image roots",
+    "unsupported_image_format": "the image's format is not on the allow-list (selector.data.images.ALLOWED_FORMATS)",
     "missing_conversation": "the row has no conversation field",
     "empty_conversation": "the conversation has no turns",
     "bad_turn": "a turn has an unknown role or a non-string value",
@@ -44,7 +45,9 @@ ERROR_KINDS = {
     "bad_row": "the row does not have the format's structure",
 }
 
-IMAGE_ERROR_KINDS = frozenset({"missing_image", "empty_image", "corrupt_image", "image_too_large"})
+IMAGE_ERROR_KINDS = frozenset(
+    {"missing_image", "empty_image", "corrupt_image", "image_too_large", "image_outside_root", "unsupported_image_format"}
+)
 
 _TOKEN_RE = re.compile(r"\s*<image>\s*")
 
@@ -101,15 +104,18 @@ def to_rgb(image) -> PIL.Image.Image:  # noqa: F821
     Palette images go through RGBA so transparency becomes white instead of the palette's background;
     LA/RGBA are composited on white; CMYK is converted by Pillow; 16-bit and 32-bit integer or float
     grayscale is *scaled* to 0..255 by its type's range (a 16-bit value of 65535 becomes 255), never clipped.
+
+    Raises:
+        selector.data.images.ImageError: (a ``ValueError``) bytes or a path that :func:`selector.data.images.open_any`
+            refuses. Decoder errors of an accepted image propagate; :func:`selector.data.images.decode_rgb` turns
+            every failure into ``ImageError``.
     """
     from PIL import Image
 
-    if isinstance(image, dict):
-        image = image.get("bytes") or image.get("path")
-    if isinstance(image, (bytes, bytearray)):
-        image = Image.open(io.BytesIO(image))
-    elif isinstance(image, str):
-        image = Image.open(image)
+    from selector.data.images import open_any
+
+    # Bytes and paths open through the one safe opener (format allow-list, byte and pixel caps, regular files).
+    image = open_any(image)
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):

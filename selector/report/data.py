@@ -413,14 +413,13 @@ def thumbnail(value: Any, side: int = THUMB_SIDE, max_bytes: int = THUMB_MAX_BYT
     (a ``{"bytes", "path"}`` dict, bytes or a path), or None when there is no image or it can't be decoded."""
     from PIL import Image, UnidentifiedImageError
 
-    from selector.data.schema import to_rgb
+    from selector.data.images import decode_rgb
 
     if value is None or (isinstance(value, dict) and not (value.get("bytes") or value.get("path"))):
         return None
     try:
-        image = to_rgb(value)
-        image.draft("RGB", (side, side))
-        image = image.copy()
+        # decode_rgb: the safe opener (caps, formats); every decoder failure comes back as ImageError (a ValueError)
+        image = decode_rgb(value, "thumbnail", draft=side).copy()
         image.thumbnail((side, side), Image.Resampling.LANCZOS)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         logger.debug("no thumbnail: %s", exc)

@@ -5,8 +5,9 @@ Importing this package is cheap (no torch); the models load when :func:`train` o
 
 Modules:
 
-- :mod:`~selector.training.config`: config dataclasses from YAML / dicts / CLI flags, shipped configs by name.
-- :mod:`~selector.training.data`: canonical rows in, batches with assistant-only labels out.
+- :mod:`~selector.training.config`: config dataclasses from YAML / dicts / CLI flags (``HfArgumentParser``, TRL's
+  names), shipped configs by name.
+- :mod:`~selector.training.data`: rows in (canonical or TRL layout), batches with assistant-only labels out.
 - :mod:`~selector.training.modeling`: model + processor loading (LoRA adapters included).
 - :mod:`~selector.training.finetune`: :class:`FinetuneConfig` and the Accelerate loop :func:`train`.
 - :mod:`~selector.training.evaluation`: :class:`EvalConfig`, :func:`evaluate` and :data:`EVAL_SCORES`.
@@ -16,8 +17,8 @@ The ``dynamics.parquet`` file format the loop writes belongs to :mod:`selector.d
 
 Example:
     >>> from selector.training import train, evaluate  # doctest: +SKIP
-    >>> run = train("tiny_cpu", model_name_or_path="tiny/", dataset="data/", output_dir="out/")  # doctest: +SKIP
-    >>> evaluate({"model_name_or_path": run["model_dir"], "dataset": "val/"})["eval_loss"]  # doctest: +SKIP
+    >>> run = train("tiny_cpu", model_name_or_path="tiny/", dataset_name="data/", output_dir="out/")  # doctest: +SKIP
+    >>> evaluate({"model_name_or_path": run["model_dir"], "dataset_name": "val/"})["eval_loss"]  # doctest: +SKIP
 """
 
 from __future__ import annotations

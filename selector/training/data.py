@@ -1,9 +1,12 @@
-"""Training data for the engine: canonical rows in, padded batches with assistant-only labels out.
+"""Training data for the engine: rows in, padded batches with assistant-only labels out.
 
-:func:`load_rows` reads canonical rows (any format :func:`selector.data.load_instructions` reads, or a
-``save_to_disk`` folder) and leaves out rows whose ``error`` marks them unusable (counted and logged, never
-silent). :class:`ChatCollator` renders each conversation with the processor's chat template and labels the
-assistant tokens only.
+:func:`load_rows` reads rows in any format :func:`selector.data.load_instructions` reads (LLaVA JSON, TRL/HF
+``messages`` with typed content parts, vlselect's canonical columns, a ``save_to_disk`` folder, a Hub dataset id)
+and leaves out rows whose ``error`` marks them unusable (counted and logged, never silent). :class:`RowDataset`
+hands the loop each row in TRL's vision SFT layout (``messages`` with ``{"type": "image"}`` / ``{"type": "text"}``
+parts and an ``images`` list; :mod:`selector.data.trl`), and :class:`ChatCollator` renders that conversation with
+the processor's chat template and labels the assistant tokens only. The collator also accepts rows in the old
+canonical layout (``<image>`` inside string content).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import bisect
 import logging
 import os
+import re
 from collections import Counter
 from typing import Any
 
@@ -27,6 +31,20 @@ def column_list(dataset, name: str) -> list:
     return dataset.select_columns([name])[:][name]
 
 
+# "owner/name": what load_instructions reads from the Hub when no such local path exists
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _string_content(dataset) -> bool:
+    """True when ``messages`` holds string content (canonical layout), False for typed parts (TRL layout)."""
+    feature = dataset.features["messages"]
+    inner = getattr(feature, "feature", None)
+    if isinstance(feature, list) and feature:
+        inner = feature[0]
+    content = inner.get("content") if isinstance(inner, dict) else None
+    return getattr(content, "dtype", None) == "string"
+
+
 def _is_saved_dataset(path: str) -> bool:
     return os.path.isdir(path) and any(
         os.path.exists(os.path.join(path, name)) for name in ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -37,11 +55,13 @@ def load_rows(path: str | os.PathLike, *, format: str = "auto", image_root: str 
     """Load canonical rows and drop the unusable ones (counted and logged, never silent).
 
     Args:
-        path: a data file or folder for :func:`selector.data.load_instructions`, or a ``save_to_disk`` folder
-            (a ``DatasetDict`` folder uses ``split``).
+        path: a data file or folder for :func:`selector.data.load_instructions`, a ``save_to_disk`` folder (a
+            ``DatasetDict`` folder uses ``split``), or a Hub dataset id (``owner/name``, read through
+            ``datasets.load_dataset``). Canonical rows and TRL-layout rows (typed content parts, ``images``) both
+            load; the result is canonical.
         format: passed to ``load_instructions``.
         image_root: passed to ``load_instructions``.
-        split: split of a saved ``DatasetDict``.
+        split: split of a saved ``DatasetDict`` or a Hub dataset.
 
     Returns:
         ``(dataset, skipped)``: the usable rows (``error`` None, NaN or ``""``; see :mod:`selector.rows`) and a
@@ -52,21 +72,26 @@ def load_rows(path: str | os.PathLike, *, format: str = "auto", image_root: str 
     """
     from datasets import DatasetDict, load_from_disk
 
+    from selector.data import load_instructions
     from selector.rows import error_kind, usable_mask
 
     path = os.fspath(path)
-    if not os.path.exists(path):
+    if not os.path.exists(path) and not _HUB_ID.fullmatch(path):
         raise DataError(f"dataset {path}: no such file or directory")
-    if _is_saved_dataset(path):
+    dataset = None
+    if _is_saved_dataset(path) and format in ("auto", "canonical"):
         dataset = load_from_disk(path)
         if isinstance(dataset, DatasetDict):
             if split not in dataset:
                 raise DataError(f"dataset {path} has splits {', '.join(dataset)}; no split {split!r}")
             dataset = dataset[split]
-    else:
-        from selector.data import load_instructions
-
-        dataset = load_instructions(path, format=format, image_root=image_root)
+        if not {"id", "messages"} <= set(dataset.column_names) or not _string_content(dataset):
+            # a saved dataset in another layout (TRL messages with typed parts, ...): the loaders convert it
+            dataset = None
+    if dataset is None:
+        # a single file has only "train"; the split names a split of a saved DatasetDict or a Hub dataset
+        many = not os.path.exists(path) or _is_saved_dataset(path)
+        dataset = load_instructions(path, format=format, image_root=image_root, split=split if many else None)
     missing = {"id", "messages"} - set(dataset.column_names)
     if missing:
         raise DataError(f"dataset {path} lacks the canonical column(s) {', '.join(sorted(missing))}")
@@ -91,23 +116,14 @@ def load_rows(path: str | os.PathLike, *, format: str = "auto", image_root: str 
     return dataset, dict(skipped)
 
 
-def to_chat(messages: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """Canonical messages (``<image>`` in strings) -> processor chat format with typed content parts."""
-    from selector.data.schema import IMAGE_TOKEN
+def to_chat(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages in either layout -> the processor's chat format (TRL's typed content parts).
 
-    chat = []
-    for turn in messages:
-        parts: list[dict[str, str]] = []
-        pieces = turn["content"].split(IMAGE_TOKEN)
-        for k, piece in enumerate(pieces):
-            if k > 0:
-                parts.append({"type": "image"})
-            # The loader puts "<image>\n" before the question; the template places the image itself.
-            piece = piece.strip("\n") if k > 0 or len(pieces) > 1 else piece
-            if piece:
-                parts.append({"type": "text", "text": piece})
-        chat.append({"role": turn["role"], "content": parts})
-    return chat
+    The same as :func:`selector.data.trl.to_trl_messages`; kept under this name for the evaluator and callers.
+    """
+    from selector.data.trl import to_trl_messages
+
+    return to_trl_messages(messages)
 
 
 def _render(processor, chat, add_generation_prompt=False) -> str:
@@ -148,11 +164,11 @@ def assistant_spans(processor, chat: list[dict[str, Any]], full: str) -> list[tu
 
 
 class ChatCollator:
-    """Turn canonical rows into a padded batch with labels on assistant tokens only.
+    """Turn rows into a padded batch with labels on assistant tokens only.
 
-    Each row needs ``messages`` and its images (``image``/``images``); ``index`` is passed through as a tensor
-    so the training loop can key per-example statistics. Labels are ``-100`` outside assistant turns and on
-    padding.
+    Each row needs ``messages`` (TRL layout with typed parts, or canonical string content with ``<image>``) and
+    its images (``images``, or canonical ``image``/``images``); ``index`` is passed through as a tensor so the
+    training loop can key per-example statistics. Labels are ``-100`` outside assistant turns and on padding.
 
     Example:
         >>> processor = AutoProcessor.from_pretrained("HuggingFaceTB/SmolVLM-256M-Instruct")  # doctest: +SKIP
@@ -233,7 +249,11 @@ class ChatCollator:
 
 
 class RowDataset:
-    """Map-style view of selected rows of a ``datasets.Dataset`` that also yields each row's ``index``."""
+    """Map-style view of selected rows of a ``datasets.Dataset`` in TRL's vision SFT layout.
+
+    Each item is ``{"id", "index", "messages" (typed content parts), "images"}``
+    (:func:`selector.data.trl.to_trl_row`); ``index`` is the row's position in ``dataset``.
+    """
 
     def __init__(self, dataset, indices: list[int] | None = None):
         self.dataset = dataset
@@ -243,10 +263,13 @@ class RowDataset:
         return len(self.indices)
 
     def __getitem__(self, k: int) -> dict[str, Any]:
+        from selector.data.trl import to_trl_row
+
         index = self.indices[k]
-        row = dict(self.dataset[int(index)])
-        row["index"] = index
-        return row
+        row = self.dataset[int(index)]
+        item = to_trl_row(row)
+        item.update(id=row.get("id"), index=index)
+        return item
 
 
 __all__ = ["IGNORE_INDEX", "ChatCollator", "RowDataset", "assistant_spans", "column_list", "load_rows", "to_chat"]

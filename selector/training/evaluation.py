@@ -3,9 +3,9 @@
 From Python::
 
     from selector.training import evaluate
-    scores = evaluate({"model_name_or_path": "out/run1", "dataset": "val.json", "output_file": "out/eval.json"})
+    scores = evaluate({"model_name_or_path": "out/run1", "dataset_name": "val.json", "output_file": "out/eval.json"})
 
-From the shell: ``python -m selector.training.evaluation --dataset val.json --predictions_file preds.jsonl``
+From the shell: ``python -m selector.training.evaluation --dataset_name val.json --predictions_file preds.jsonl``
 (or ``python recipes/evaluate.py ...`` in a checkout).
 
 Evaluation scores (:data:`EVAL_SCORES`):
@@ -31,7 +31,7 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from selector.errors import ConfigError, DataError
 from selector.fileio import dumps_json, iter_jsonl, write_json, write_jsonl
@@ -86,6 +86,13 @@ def contains_answer(prediction: str | None, references: list[str]) -> bool:
     return any(f" {ref} " in pred for ref in map(normalize_answer, references) if ref)
 
 
+def _text(content) -> str:
+    """A turn's text: string content as is, typed parts (TRL layout) joined."""
+    if isinstance(content, list):
+        return "".join(p.get("text") or "" for p in content if p.get("type") == "text")
+    return content or ""
+
+
 def references_from_dataset(dataset) -> dict[str, list[str]]:
     """``{id: [reference answers]}`` from an ``answers`` column when present, else the last assistant turn."""
     ids = column_list(dataset, "id")
@@ -98,7 +105,7 @@ def references_from_dataset(dataset) -> dict[str, list[str]]:
         return refs
     refs = {}
     for row_id, messages in zip(ids, column_list(dataset, "messages")):
-        answers = [t["content"] for t in messages or [] if t["role"] == "assistant"]
+        answers = [_text(t["content"]) for t in messages or [] if t["role"] == "assistant"]
         refs[row_id] = answers[-1:] if answers else []
     return refs
 
@@ -219,9 +226,9 @@ def generate_predictions(
 ) -> dict[str, str]:
     """Greedy answers to each row's conversation up to its last assistant turn: ``{id: prediction}``."""
     import torch
-    from tqdm.auto import tqdm
 
     from selector.data.schema import row_images, to_rgb
+    from selector.logs import progress
 
     tokenizer = getattr(processor, "tokenizer", processor)
     if tokenizer.pad_token is None:
@@ -233,7 +240,7 @@ def generate_predictions(
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues from the right end of every prompt
     try:
-        for start in tqdm(range(0, len(dataset), batch_size), desc="generate", disable=len(dataset) <= batch_size):
+        for start in progress(range(0, len(dataset), batch_size), desc="generate", disable=len(dataset) <= batch_size):
             rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             prompts, images = [], []
             for row in rows:
@@ -256,13 +263,21 @@ def generate_predictions(
 
 @dataclass
 class EvalConfig:
-    """Options of the evaluator (YAML keys = these fields = CLI flags)."""
+    """Options of the evaluator (YAML keys = these fields = CLI flags; names as in :class:`FinetuneConfig`).
 
-    dataset: str = ""
+    Example:
+        >>> EvalConfig(dataset_name="val.json", predictions_file="preds.jsonl").max_new_tokens
+        16
+    """
+
+    #: old option name -> new name; accepted with a warning
+    DEPRECATED_ALIASES: ClassVar[dict[str, Any]] = {"dataset": "dataset_name", "revision": "model_revision"}
+
+    dataset_name: str = ""
     model_name_or_path: str | None = None
     predictions_file: str | None = None
     output_file: str | None = None
-    revision: str | None = None
+    model_revision: str | None = None
     trust_remote_code: bool = False
     dataset_format: str = "auto"
     image_root: str | None = None
@@ -296,8 +311,8 @@ def evaluate(config: EvalConfig | dict | str | None = None, *, model=None, proce
     if isinstance(config, (str, os.PathLike)):
         config = find_config(config)
     cfg = resolve_config(EvalConfig, config, **overrides)
-    if not cfg.dataset:
-        raise ConfigError("option 'dataset' is required")
+    if not cfg.dataset_name:
+        raise ConfigError("option 'dataset_name' is required")
     if model is None and not cfg.model_name_or_path and not cfg.predictions_file:
         raise ConfigError("give model_name_or_path (to generate answers) or predictions_file (to score answers)")
     if model is not None and processor is None:
@@ -305,7 +320,7 @@ def evaluate(config: EvalConfig | dict | str | None = None, *, model=None, proce
     if cfg.per_device_eval_batch_size < 1 or cfg.max_new_tokens < 1:
         raise ConfigError("per_device_eval_batch_size and max_new_tokens must be >= 1")
     dataset, skipped = load_rows(
-        cfg.dataset, format=cfg.dataset_format, image_root=cfg.image_root, split=cfg.dataset_split
+        cfg.dataset_name, format=cfg.dataset_format, image_root=cfg.image_root, split=cfg.dataset_split
     )
     if cfg.max_eval_samples is not None:
         dataset = dataset.select(range(min(cfg.max_eval_samples, len(dataset))))
@@ -319,7 +334,7 @@ def evaluate(config: EvalConfig | dict | str | None = None, *, model=None, proce
 
         model, processor = load_model_and_processor(
             cfg.model_name_or_path,
-            revision=cfg.revision,
+            revision=cfg.model_revision,
             dtype=cfg.torch_dtype,
             trust_remote_code=cfg.trust_remote_code,
         )
@@ -352,7 +367,7 @@ def evaluate(config: EvalConfig | dict | str | None = None, *, model=None, proce
             ),
         )
     result = {
-        "dataset": cfg.dataset,
+        "dataset": cfg.dataset_name,
         "model_name_or_path": cfg.model_name_or_path,
         "n_rows": len(dataset),
         "skipped_rows": skipped,

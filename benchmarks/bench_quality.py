@@ -118,6 +118,15 @@ def outcome(mask: np.ndarray, labels: list[dict]) -> dict[str, float]:
         out[f"{prefix}_groups"] = float(np.mean([kept <= 1 for kept in groups.values()])) if groups else float("nan")
     out["all_defects"] = float(1 - mask[defect != "clean"].mean())
     out["clean_kept"] = float(mask[defect == "clean"].mean())
+    # A duplicate group's clean original and its copies carry the same content (exact copies are identical), and
+    # which copy the dedup rule keeps is arbitrary: "clean content kept" counts the original as kept when any row of
+    # its group is.
+    group_kept: dict[str, bool] = {}
+    for keep, label in zip(mask, labels):
+        if label["group"]:
+            group_kept[label["group"]] = group_kept.get(label["group"], False) or bool(keep)
+    content = [bool(keep) or group_kept.get(label["group"] or "", False) for keep, label in zip(mask, labels)]
+    out["clean_content_kept"] = float(np.mean([c for c, d in zip(content, defect) if d == "clean"]))
     return out
 
 
@@ -193,6 +202,7 @@ def run_variant(variant: str, args, notes: list[str]) -> dict:
             ds = add_default_quality(ds, notes)
 
     selections = {f"pipeline: {description}": result["selection"].mask}
+    sweep = budget_sweep(ds, config, labels, args.seeds)
     random_masks = [selector.select(ds, budget, "random", random_state=seed).mask for seed in range(args.seeds)]
     scores, directions = {}, {}
     for name in score_columns(ds):
@@ -206,11 +216,40 @@ def run_variant(variant: str, args, notes: list[str]) -> dict:
         "groups": {k: summary["groups"][k] for k in ("exact", "near")},
         "config": config.to_dict(),
         "selections": selections,
+        "sweep": sweep,
         "random": random_masks,
         "scores": scores,
         "directions": directions,
         "seconds": {"generate": generated - started, "pipeline": piped - generated},
     }
+
+
+#: Budgets (fractions of the pool) of the defect-share table: small budgets are where selection is used in practice
+#: (InstructionGPT-4 keeps 6%; recommended.yaml 30%).
+SWEEP = (0.1, 0.3, 0.5)
+
+
+def budget_sweep(ds, config, labels: list[dict], seeds: int) -> dict[str, dict[str, float]]:
+    """Share of defect rows among the selected rows (lower is better) at each :data:`SWEEP` budget, for the
+    pipeline's selection stage re-run on the same scored rows, random choice (mean of ``seeds``), top-k by
+    ``score_quality`` and top-k by length."""
+    import selector
+    from selector.pipeline import select_scored
+
+    defect = np.array([label["defect"] is not None for label in labels])
+    share = lambda mask: float(defect[mask].mean()) if mask.any() else float("nan")  # noqa: E731
+    table: dict[str, dict[str, float]] = {}
+    for fraction in SWEEP:
+        budget = max(1, round(fraction * len(labels)))
+        key = f"{100 * fraction:.0f}%"
+        randoms = [share(selector.select(ds, budget, "random", random_state=s).mask) for s in range(seeds)]
+        table[key] = {
+            "pipeline": share(select_scored(ds, config, budget=budget).mask),
+            f"random (mean of {seeds} seeds)": float(np.mean(randoms)),
+            "topk score_quality": share(topk(ds, budget, column(ds, QUALITY))),
+            "length only (topk score_length)": share(topk(ds, budget, column(ds, "score_length"))),
+        }
+    return table
 
 
 def topk(ds, budget: int, scores: np.ndarray) -> np.ndarray:
@@ -261,6 +300,7 @@ def evaluate(runs: dict[str, dict], args) -> dict:
             "config": run["config"],
             "directions": run["directions"],
             "methods": methods,
+            "sweep": run["sweep"],
             "auroc": {name: aurocs(values, labels) for name, values in scores.items()},
             "seconds": {**run["seconds"], "evaluate": time.perf_counter() - started},
         }
@@ -285,11 +325,23 @@ def markdown(results: dict) -> str:
         lines.append("")
         header = ["method", *(f"{SHORT[k]} removed" for k in removed_cols)]
         header += ["exact groups deduped", "near groups deduped", "all defects removed", "clean kept"]
+        header += ["clean content kept"]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
         for name, out in res["methods"].items():
-            keys = [*removed_cols, "exact_groups", "near_groups", "all_defects", "clean_kept"]
+            keys = [*removed_cols, "exact_groups", "near_groups", "all_defects", "clean_kept", "clean_content_kept"]
             lines.append("| " + " | ".join([name, *(_fmt(out[k]) for k in keys)]) + " |")
+        lines.append("")
+        budgets = list(res["sweep"])
+        lines.append(
+            f"Share of defects among the selected rows at smaller budgets, variant {variant} (lower is better; the "
+            f"pool holds {100 * sum(counts[k] for k in removed_cols) / res['n_rows']:.0f}% defect rows):"
+        )
+        lines.append("")
+        lines.append("| method | " + " | ".join(f"budget {b}" for b in budgets) + " |")
+        lines.append("|" + "---|" * (len(budgets) + 1))
+        for name in res["sweep"][budgets[0]]:
+            lines.append("| " + " | ".join([name, *(_fmt(res["sweep"][b][name]) for b in budgets)]) + " |")
         lines.append("")
         header = ["score (direction)", *(SHORT[k] for k in removed_cols), "all defects"]
         lines.append(f"AUROC clean vs defect kind, variant {variant}:")

@@ -195,7 +195,16 @@ class ClipScore(ModelMetric):
         rows = sorted(set(owner.tolist()))
         unique_texts = sorted({p for i in rows for p in plan[i]})
         text_index = {t: k for k, t in enumerate(unique_texts)}
-        text_feats = self._encode_texts(unique_texts)
+        cache = getattr(self, "_text_features", None)
+        if cache is None:
+            text_feats = self._encode_texts(unique_texts)
+        else:
+            # The worker path sees one small batch at a time: features of sentences repeated across the shard's
+            # batches (answer templates, boilerplate) are encoded once per shard, not once per batch.
+            missing = [t for t in unique_texts if t not in cache]
+            if missing:
+                cache.update(zip(missing, self._encode_texts(missing)))
+            text_feats = np.stack([cache[t] for t in unique_texts])
         reduce = {"mean": np.mean, "max": np.max, "min": np.min}[self.aggregate]
         for i in rows:
             sims = image_feats[owner == i] @ text_feats[[text_index[p] for p in plan[i]]].T

@@ -244,6 +244,18 @@ def score_with_workers(metric, view, *, rank: int | None = None, num_workers: in
     out = metric._empty_output(n)
     cuda = str(device).startswith("cuda")
     loader = make_loader(metric, view, workers, pin_memory=cuda)
+    # Per-shard cache of text features for metrics that also encode text (clip); dropped when the shard is done.
+    metric._text_features = {}
+    try:
+        _score_items(metric, loader, out)
+    finally:
+        del metric._text_features
+    if cuda:
+        torch.cuda.synchronize(device)
+    return Dataset.from_dict({key: list(value) if value.ndim > 1 else value for key, value in out.items()})
+
+
+def _score_items(metric, loader, out: dict[str, np.ndarray]) -> None:
     for item in loader:
         for row_id, reason in item["failures"]:
             metric._count_failure(row_id, reason)
@@ -255,6 +267,3 @@ def score_with_workers(metric, view, *, rank: int | None = None, num_workers: in
         metric._image_fill(item["batch"], item["plan"], feats, np.asarray(item["owner"], dtype=np.int64), part)
         for key, value in part.items():
             out[key][rows] = value
-    if cuda:
-        torch.cuda.synchronize(device)
-    return Dataset.from_dict({key: list(value) if value.ndim > 1 else value for key, value in out.items()})

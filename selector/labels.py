@@ -64,10 +64,12 @@ from typing import Any
 
 import numpy as np
 
+from selector import logs
 from selector.cluster import BalancedKMeans
 from selector.errors import ConfigError, DataError
 from selector.fileio import json_safe, read_json, write_json, write_jsonl
 from selector.rows import embedding_matrix, hash_order, is_usable_error, pool_digest
+from selector.runs import OWN_MARKER, check_no_overlap, mark_own_folder
 from selector.training.data import column_list
 from selector.training.evaluation import EVAL_SCORES  # score -> +1/-1 (higher/lower is better); label = sign * score
 
@@ -573,9 +575,11 @@ def generate_labels(
     _weights(weights, len(val_sources))
     config_path = find_training_config(recipe_config)
     out = Path(out_dir).expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a folder")
+    pool_source = dataset if isinstance(dataset, (str, os.PathLike)) else None
+    _check_out(out, [pool_source, config_path, *(path for _, path in val_sources)])
     out.mkdir(parents=True, exist_ok=True)
+    if not (out / OWN_MARKER).exists():
+        mark_own_folder(str(out))
     pool, pool_path = _load_pool(dataset, out)
     recipe_values = _resolved_recipe(config_path, dict(recipe_overrides or {}), pool_path)
 
@@ -624,8 +628,11 @@ def generate_labels(
     n_cached = len(groups) - len(todo)
     if n_cached:
         logger.info("%d of %d subsets already done in %s; resuming", n_cached, len(groups), out)
-    quiet = contextlib.nullcontext() if progress else _library_bars_off()
-    with progress_bar(total=len(groups), initial=n_cached, desc="labels", unit="subset", disable=not progress) as bar, quiet:
+    quiet = contextlib.nullcontext() if progress else logs.third_party_progress_bars(False)
+    with (
+        progress_bar(total=len(groups), initial=n_cached, desc="labels", unit="subset", disable=not progress) as bar,
+        quiet,
+    ):
         for j in todo:
             bar.set_postfix_str(groups[j])
             records[j] = _run_subset(
@@ -705,22 +712,20 @@ def generate_labels(
     )
 
 
-@contextlib.contextmanager
-def _library_bars_off():
-    """Silence the weight-loading and dataset progress bars of transformers and datasets (restored after)."""
-    import datasets
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled(), datasets.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if was[0]:
-            hf_logging.enable_progress_bar()
-        if was[1]:
-            datasets.enable_progress_bars()
+def _check_out(out: Path, sources: list) -> None:
+    """The output rules of :mod:`selector.runs` for a labels folder, which is also the resume cache: it may not
+    overlap an input (the pool, the training config, a validation set), and an existing non-empty one is reused
+    only when vlselect wrote it (its marker, or the files of a labels run from before the marker)."""
+    check_no_overlap(str(out), sources)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        earlier = (out / OWN_MARKER).is_file() or (out / PARTITION_FILE).is_file() or (out / SUMMARY_FILE).is_file()
+        if not earlier:
+            raise ConfigError(
+                f"--out {out} is not empty and is not an earlier `vlselect labels` output (no {OWN_MARKER}); "
+                "choose a new folder"
+            )
 
 
 def _diff(saved: dict[str, Any], now: dict[str, Any]) -> str:

@@ -4,9 +4,9 @@
   ``metrics.*``); INFO by default.
 - :func:`progress`: the tqdm bar every long loop of vlselect uses. :func:`set_progress_bars` turns all of them
   off (``--quiet``), on, or on only on a terminal; :func:`are_progress_bars_enabled` says which.
-- :func:`set_third_party_verbosity`, :func:`set_third_party_progress_bars`: the logs and bars of the libraries
-  vlselect drives (transformers' weight loading, ``datasets``' map and save bars, huggingface_hub downloads,
-  sentence-transformers, accelerate, faiss, ...). A library that is not imported yet is configured when it is
+- :func:`set_third_party_verbosity`, :func:`set_third_party_progress_bars` (:func:`third_party_progress_bars` for
+  a ``with`` block): the logs and bars of the libraries vlselect drives (transformers' weight loading,
+  ``datasets``' map and save bars, huggingface_hub downloads, sentence-transformers, accelerate, faiss, ...). A library that is not imported yet is configured when it is
   imported, so silencing transformers does not cost its import in a command that never loads a model.
 - :func:`cli_logging`: what ``vlselect`` wraps each command in (``--quiet``, ``-v``), restored afterwards.
 
@@ -41,6 +41,7 @@ __all__ = [
     "set_third_party_progress_bars",
     "set_third_party_verbosity",
     "set_verbosity",
+    "third_party_progress_bars",
 ]
 
 #: vlselect's own top-level loggers; every module logs under one of them (``logging.getLogger(__name__)``).
@@ -157,6 +158,50 @@ def set_third_party_progress_bars(enabled: bool) -> None:
     with _lock:
         _third_party_bars = enabled
     _configure_libraries()
+
+
+@contextlib.contextmanager
+def third_party_progress_bars(enabled: bool) -> Iterator[None]:
+    """:func:`set_third_party_progress_bars` for a ``with`` block; afterwards each library's bars are as they were
+    (a library imported inside the block gets what the outer setting says, or its own default), so a library call
+    such as ``generate_labels(progress=False)`` does not change its caller's bars. Log levels are not touched."""
+    global _third_party_bars, _third_party_level
+    libraries = {
+        "huggingface_hub": _apply_hub,
+        "datasets": _apply_datasets,
+        "transformers.utils.logging": _apply_transformers,
+    }
+    before = {module: _library_bars(module) for module in libraries if module in sys.modules}
+    with _lock:
+        outer = _third_party_bars
+    set_third_party_progress_bars(enabled)
+    try:
+        yield
+    finally:
+        level = _third_party_level
+        try:
+            _third_party_level = None  # restore bars only
+            for module, apply in libraries.items():
+                if module in sys.modules:
+                    _third_party_bars = before.get(module, True if outer is None else outer)
+                    apply()
+        finally:
+            _third_party_level, _third_party_bars = level, outer
+
+
+def _library_bars(module: str) -> bool:
+    """Whether the progress bars of an imported library (by its module in :data:`_CONFIGURED_ON_IMPORT`) are on."""
+    if module == "huggingface_hub":
+        from huggingface_hub.utils import are_progress_bars_disabled
+
+        return not are_progress_bars_disabled()
+    if module == "datasets":
+        import datasets
+
+        return datasets.is_progress_bar_enabled()
+    from transformers.utils import logging as hf_logging
+
+    return hf_logging.is_progress_bar_enabled()
 
 
 def _apply_hub() -> None:

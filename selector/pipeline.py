@@ -387,8 +387,6 @@ def _run_pipeline_locked(config: PipelineConfig, *, dataset, progress: bool) -> 
     from selector.data import load_instructions, set_progress
     from selector.runs import write_selection
     from selector.scoring import score
-    from selector.selection import select
-    from selector.strategies import parse_strategy
 
     if not progress:  # with progress=True the caller's (the CLI's) setting of the bars stands
         set_progress(False)
@@ -424,25 +422,7 @@ def _run_pipeline_locked(config: PipelineConfig, *, dataset, progress: bool) -> 
         progress=progress,
     )
     scored, quality_report = add_quality(scored, config.quality)
-    score_column = config.score_column
-    if quality_report is not None and score_column is None and parse_strategy(config.strategy)[1] is None:
-        score_column = quality_report["output_column"]
-    dedup = config.dedup or {}
-    selection = select(
-        scored,
-        config.budget,
-        config.strategy,
-        embedding_column=config.embedding_column,
-        score_column=score_column,
-        cluster_column=config.cluster_column,
-        stratify_column=config.stratify_column,
-        filters=config.filters,
-        dedup_column=dedup.get("columns"),
-        dedup_eps=dedup.get("eps", 0.05),
-        dedup_n_clusters=dedup.get("n_clusters"),
-        random_state=config.seed,
-        **config.options,
-    )
+    selection = select_scored(scored, config, quality_report=quality_report)
     selected_dir = os.path.join(config.out, "selected")
     extra = {}
     if checks_summary is not None:
@@ -467,6 +447,37 @@ def _run_pipeline_locked(config: PipelineConfig, *, dataset, progress: bool) -> 
     }
 
 
+def select_scored(scored, config: PipelineConfig, *, budget=None, quality_report: dict[str, Any] | None = None):
+    """The selection stage of :func:`run_pipeline` on an already scored dataset (filters, dedup, strategy).
+
+    ``scored`` must hold the quality column when ``config.quality`` is set (:func:`add_quality`). ``budget``
+    overrides ``config.budget`` (e.g. to compare budgets on one scored run without scoring again).
+    """
+    from selector.quality import QUALITY_COLUMN
+    from selector.selection import select
+    from selector.strategies import parse_strategy
+
+    score_column = config.score_column
+    if score_column is None and config.quality and parse_strategy(config.strategy)[1] is None:
+        score_column = (quality_report or {}).get("output_column", QUALITY_COLUMN)
+    dedup = config.dedup or {}
+    return select(
+        scored,
+        config.budget if budget is None else budget,
+        config.strategy,
+        embedding_column=config.embedding_column,
+        score_column=score_column,
+        cluster_column=config.cluster_column,
+        stratify_column=config.stratify_column,
+        filters=config.filters,
+        dedup_column=dedup.get("columns"),
+        dedup_eps=dedup.get("eps", 0.05),
+        dedup_n_clusters=dedup.get("n_clusters"),
+        random_state=config.seed,
+        **config.options,
+    )
+
+
 def prepare_run_folder(config: PipelineConfig) -> None:
     """Create ``config.out``, or check that an existing one is an earlier run to resume, before anything is written.
 
@@ -475,7 +486,7 @@ def prepare_run_folder(config: PipelineConfig) -> None:
             vlselect (no marker, and no ``scored/`` or ``selected/`` with a vlselect manifest, as earlier versions
             left): its files (a foreign ``config.json``) would be overwritten.
     """
-    from selector.runs import OWN_MARKER, check_no_overlap, is_own_folder, mark_own_folder
+    from selector.runs import OWN_MARKER, check_no_overlap, is_earlier_run, is_own_folder, mark_own_folder
     from selector.scoring import SHARD_DIR
 
     out = config.out
@@ -485,7 +496,7 @@ def prepare_run_folder(config: PipelineConfig) -> None:
     if os.path.isdir(out) and os.listdir(out):
         earlier = (
             is_own_folder(out)
-            or any(is_own_folder(os.path.join(out, sub)) for sub in ("scored", "selected"))
+            or is_earlier_run(out)
             or os.path.isdir(os.path.join(out, "scored", SHARD_DIR))  # interrupted while scoring
         )
         if not earlier:

@@ -400,6 +400,7 @@ def score(
         },
         input_info={
             "source": source,
+            "hub": scoring.loaded_from_hub(source),
             "fingerprint": getattr(dataset, "_fingerprint", None),
             "n_rows": n_total,
             "n_scored": n,

@@ -165,6 +165,12 @@ def is_own_folder(folder: str) -> bool:
     return isinstance(manifest, dict) and ("vlselect_version" in manifest or "vlselect_manifest" in manifest)
 
 
+def is_earlier_run(folder: str) -> bool:
+    """True when ``folder`` is a ``vlselect run`` folder an earlier version wrote: no marker at the top, but a
+    ``scored/`` or ``selected/`` subfolder that vlselect wrote (:func:`is_own_folder`)."""
+    return any(is_own_folder(os.path.join(folder, sub)) for sub in ("scored", "selected"))
+
+
 def mark_own_folder(folder: str) -> None:
     """Write :data:`OWN_MARKER` into ``folder`` (see :func:`is_own_folder`)."""
     from selector import __version__
@@ -197,7 +203,8 @@ def check_out_folder(out: str, *, source=None, overwrite: bool = False, what: st
 
     ``out`` may not be the source, inside a source folder, or a folder holding the source (``source``: one path or
     several; replacing it would delete the input). An existing non-empty ``out`` is replaced only with
-    ``overwrite`` and only when vlselect wrote it (:func:`is_own_folder`).
+    ``overwrite`` and only when vlselect wrote it (:func:`is_own_folder`, or a run folder of an earlier version:
+    :func:`is_earlier_run`).
 
     Raises:
         ConfigError: one of the cases above.
@@ -209,7 +216,7 @@ def check_out_folder(out: str, *, source=None, overwrite: bool = False, what: st
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         if not overwrite:
             raise ConfigError(f"{what} {out} exists and is not empty; pass --overwrite to replace an earlier result")
-        if not is_own_folder(out):
+        if not (is_own_folder(out) or is_earlier_run(out)):
             raise ConfigError(
                 f"{what} {out} does not look like an earlier result (not written by vlselect: no {OWN_MARKER} or "
                 f"vlselect {MANIFEST}); not replacing it: choose another folder or delete it yourself"

@@ -100,7 +100,8 @@ def score(
         shard_size: rows per resumable shard.
         limit: score only the first ``limit`` rows.
         seed: recorded in the manifest and used to seed torch (no built-in metric is random).
-        source: where the data came from, for the manifest.
+        source: where the data came from, for the manifest (``input.source``; ``input.hub`` says whether it was a
+            Hub dataset id, see :func:`loaded_from_hub`).
         progress: show a progress bar over shards.
         engine: ``"local"`` (``Dataset.map`` in this process) or ``"ray"`` (a Ray cluster, same result; needs
             ``out_dir``; :func:`selector.ray_engine.score` documents it and its ``engine_options``: ``address``,
@@ -187,11 +188,29 @@ def score(
             "limit": limit,
             "seed": seed,
         },
-        input_info={"source": source, "fingerprint": input_fingerprint, "n_rows": n_total, "n_scored": n},
+        input_info={
+            "source": source,
+            "hub": loaded_from_hub(source),
+            "fingerprint": input_fingerprint,
+            "n_rows": n_total,
+            "n_scored": n,
+        },
         seconds=elapsed,
         metric_seconds=metric_seconds,
     )
     return store.finish(scored, manifest)
+
+
+def loaded_from_hub(source) -> bool | None:
+    """Whether ``source`` names a Hub dataset the loader read by id (the loader's rule: no local path of that
+    name, and it reads as ``owner/name`` or ``name``); None when no source string was given. Recorded as the
+    manifest's ``input.hub``, so a card can tell a Hub id from a local folder named like one."""
+    if not isinstance(source, (str, os.PathLike)) or not os.fspath(source).strip():
+        return None
+    from selector.data.formats import looks_like_hub_id
+
+    source = os.fspath(source)
+    return not os.path.exists(source) and looks_like_hub_id(source)
 
 
 def _seed_everything(seed: int, load_torch: bool) -> None:

@@ -372,8 +372,8 @@ def test_demo_reuses_its_own_folder_and_refuses_another_run(tmp_path):
     (other_run / RESOLVED_CONFIG).write_text(json.dumps({"source": "/data/pool.json", "out": str(other_run)}))
     with pytest.raises(ConfigError, match="not an earlier demo run"):
         _check_out(str(other_run), overwrite=False)
-    _check_out(str(other_run), overwrite=True)  # vlselect wrote it: replaced
-    assert not other_run.exists()
+    _check_out(str(other_run), overwrite=True)  # vlselect wrote it: accepted, replaced once the new run is complete
+    assert other_run.exists()  # nothing is deleted before that (tests/test_followups_overwrite.py)
 
 
 # the demo, as a user runs it

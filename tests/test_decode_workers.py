@@ -39,7 +39,8 @@ def _score(params, tmp_path, name):
     return selector.score(load_from_disk(str(tmp_path / f"in-{name}")), [params], batch_size=4)
 
 
-@pytest.mark.parametrize("kind", ["clip", "dinov2"])
+# Worker start-up (a fork server importing torch, transformers and datasets) dominates: one metric by default.
+@pytest.mark.parametrize("kind", [pytest.param("clip", marks=pytest.mark.slow), "dinov2"])
 def test_workers_give_the_in_process_scores(kind, tiny_clip_path, tiny_dinov2_path, tmp_path, caplog):
     if kind == "clip":
         base = {"metric": "clip", "model_name_or_path": tiny_clip_path, "batch_size": 3}

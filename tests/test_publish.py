@@ -176,14 +176,14 @@ def test_hub_source_is_source_datasets_and_names_the_card(selected, hub):
     manifest = json.loads(open(os.path.join(selected, "manifest.json")).read())
     scoring_path = os.path.join(manifest["input"], "manifest.json")
     scoring = json.loads(open(scoring_path).read())
-    original = scoring["input"]["source"]
-    scoring["input"]["source"] = HUB_SOURCE
+    original = dict(scoring["input"])
+    scoring["input"].update(source=HUB_SOURCE, hub=True)  # as a run that loaded the source from the Hub records it
     try:
         with open(scoring_path, "w") as handle:
             json.dump(scoring, handle)
         assert main(["publish", selected, "me/example"]) == 0
     finally:
-        scoring["input"]["source"] = original
+        scoring["input"] = original
         with open(scoring_path, "w") as handle:
             json.dump(scoring, handle)
     meta = _metadata(hub.card())

@@ -298,6 +298,10 @@ def test_bench_quality_runs_end_to_end(tmp_path):
         assert res["budget"] == res["counts"]["clean"] == 60 - round(0.3 * 60)
         methods = res["methods"]
         assert any(name.startswith("pipeline: ") for name in methods)
+        # the defect-share table at smaller budgets: one row per method, shares in [0, 1]
+        assert list(res["sweep"]) == ["10%", "30%", "50%"]
+        for shares in res["sweep"].values():
+            assert "pipeline" in shares and all(0.0 <= v <= 1.0 for v in shares.values())
         assert any(name.startswith("random") for name in methods) and "length only (topk score_length)" in methods
         assert any(name.startswith("topk learned:ridge") for name in methods)
         for values in methods.values():

@@ -82,7 +82,9 @@ def test_out_dir_is_a_save_to_disk_folder_with_manifest(tmp_path):
     loaded = load_from_disk(str(out))
     assert loaded.column_names == result.column_names and len(loaded) == len(ds)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["input"] == {"source": "unit-test", "fingerprint": ds._fingerprint, "n_rows": 10, "n_scored": 10}
+    # "unit-test" names no local path, so the loader would read it from the Hub by id: input.hub is True
+    expected = {"source": "unit-test", "hub": True, "fingerprint": ds._fingerprint, "n_rows": 10, "n_scored": 10}
+    assert manifest["input"] == expected
     assert manifest["seed"] == 7 and manifest["config"]["shard_size"] == 3
     assert manifest["config"]["metrics"] == [
         {"metric": "length", "name": "length", "text_field": "response", "tokenizer": None, "revision": None}

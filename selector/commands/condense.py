@@ -10,20 +10,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     parser = subparsers.add_parser(
         "condense",
-        help="learn a few synthetic training images per class (dataset condensation: DC, DSA, DM)",
+        help="learn a few synthetic training images per class (dataset condensation: DC, DSA, DM, CAFE, IDM)",
         description="Load SOURCE (an ImageFolder-style folder ROOT/<class>/<image>, a save_to_disk folder, Parquet, "
         "or a Hub dataset id with image + label columns), learn --ipc synthetic images per class with --method "
-        "(dc: gradient matching; dsa: DC with differentiable Siamese augmentation; dm: distribution matching), "
+        "(dc: gradient matching; dsa: DC with differentiable Siamese augmentation; dm: distribution matching; "
+        "cafe: layer-wise feature alignment + discrimination + dynamic bi-level optimisation; idm: DM with "
+        "partitioned images, a queue of partly trained models and class-aware regularisation), "
         "and write them to --out as PNGs + labels.csv, a datasets folder, float tensors (safetensors), "
         "manifest.json and a README.md card with the ConvNet test accuracy measured on the saved PNGs. "
         "Defaults are the papers' settings; checkpoints in --work-dir let an interrupted run resume.",
     )
     parser.add_argument("source", help="image folder, save_to_disk folder, .parquet file/folder, or Hub dataset id")
-    parser.add_argument("--method", default="dm", help="dc, dsa or dm (default dm)")
+    parser.add_argument("--method", default="dm", help="dc, dsa, dm, cafe or idm (default dm)")
     parser.add_argument("--ipc", type=int, default=10, help="synthetic images per class (default 10)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument(
-        "--iterations", type=int, default=None, help="outer iterations (default: the paper's, 1000 DC/DSA, 20000 DM)"
+        "--iterations",
+        type=int,
+        default=None,
+        help="outer iterations (default: the paper's, 1000 DC/DSA, 2000 CAFE, 20000 DM/IDM)",
     )
     parser.add_argument("--lr-img", type=float, default=None, help="learning rate of the images (0.1 DC/DSA, 1.0 DM)")
     parser.add_argument("--lr-net", type=float, default=None, help="DC/DSA inner-loop network learning rate (0.01)")
@@ -36,6 +41,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--inner-loop", type=int, default=None, help="DC/DSA inner loop (default from ipc: 1, 50, ...)"
     )
     parser.add_argument("--init", choices=["real", "noise"], default=None, help="start from real images or noise")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other option of the method, VALUE read as YAML (repeatable; e.g. cafe: bilevel=fixed, "
+        "dsa_strategy=color_crop_cutout_flip_scale_rotate, lambda_1=0.04; idm: queue_size=100, ce_weight=0.5, "
+        "partition=false)",
+    )
     parser.add_argument("--width", type=int, default=128, help="ConvNet width (default 128)")
     parser.add_argument("--depth", type=int, default=3, help="ConvNet depth (default 3)")
     parser.add_argument("--image-size", type=int, default=None, help="resize to this side (default: native if <=64)")
@@ -82,6 +96,14 @@ def run(args) -> int:
     if wrong:
         flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
         raise ConfigError(f"{flags} do(es) not apply to --method {method}")
+    import yaml
+
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option takes KEY=VALUE, got {item!r}")
+        # unknown keys are refused by the method itself, with the list of its options
+        given[key.strip()] = yaml.safe_load(value)
     result = condense_dataset(
         args.source,
         args.out,

@@ -9,6 +9,7 @@ anything else is refused (and only ever replaced with ``--overwrite`` when vlsel
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 
@@ -30,8 +31,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     add_overwrite_argument(
         parser,
-        "start afresh: delete what --out holds (only a vlselect output); without it, an earlier demo run in --out "
-        "is reused and anything else is refused",
+        "start afresh: replace what --out holds (only a vlselect output) once the new run is complete; without it, "
+        "an earlier demo run in --out is reused and anything else is refused",
     )
     parser.set_defaults(func=run)
     return parser
@@ -46,21 +47,26 @@ def run(args: argparse.Namespace) -> int:
     from selector.pipeline import EXAMPLE_DATA, demo_config, run_pipeline
 
     _check_out(args.out, overwrite=args.overwrite)
-    config = demo_config(args.out)
-    if not (args.quiet or args.verbose):
-        from selector import logs
+    with contextlib.ExitStack() as stack:
+        # --overwrite: the new run is written beside the earlier one, which stays until the new one is complete
+        fresh = stack.enter_context(start_afresh(args.out, source=EXAMPLE_DATA)) if args.overwrite else None
+        config = demo_config(fresh.path if fresh else args.out)
+        if not (args.quiet or args.verbose):
+            from selector import logs
 
-        # the result is the output; progress shows only on a terminal, and goes away when done
-        logs.set_verbosity(logging.WARNING)
-        logs.set_third_party_progress_bars(False)
-        logs.set_progress_bars(None, leave=False)
-    # The example data holds broken rows on purpose; the summary line below lists them instead of warnings.
-    logging.getLogger("selector.data.load").setLevel(logging.ERROR)
-    dataset, _ = load_with_report(EXAMPLE_DATA)
-    stats = summarize(dataset)
-    errors = ", ".join(f"{kind} {entry['count']}" for kind, entry in stats["errors"].items())
-    print(f"example data: {stats['n_rows']} rows, {stats['n_usable']} usable ({errors})")
-    result = run_pipeline(config, dataset=dataset)
+            # the result is the output; progress shows only on a terminal, and goes away when done
+            logs.set_verbosity(logging.WARNING)
+            logs.set_third_party_progress_bars(False)
+            logs.set_progress_bars(None, leave=False)
+        # The example data holds broken rows on purpose; the summary line below lists them instead of warnings.
+        logging.getLogger("selector.data.load").setLevel(logging.ERROR)
+        dataset, _ = load_with_report(EXAMPLE_DATA)
+        stats = summarize(dataset)
+        errors = ", ".join(f"{kind} {entry['count']}" for kind, entry in stats["errors"].items())
+        print(f"example data: {stats['n_rows']} rows, {stats['n_usable']} usable ({errors})")
+        result = run_pipeline(config, dataset=dataset)
+        if fresh is not None:
+            result = fresh.final(result)
     report(result)
     subset = load_from_disk(result["selected"])
     print("selected rows (cluster, quality: instruction -> answer):")
@@ -82,11 +88,12 @@ def _check_out(out: str, *, overwrite: bool) -> None:
     from selector.errors import ConfigError, DataError
     from selector.fileio import read_json
     from selector.pipeline import EXAMPLE_DATA, RESOLVED_CONFIG
-    from selector.runs import check_no_overlap
+    from selector.runs import check_no_overlap, check_out_folder
 
     check_no_overlap(out, EXAMPLE_DATA, what="--out")
     if overwrite:
-        start_afresh(out, source=EXAMPLE_DATA)
+        # only a folder vlselect wrote; run() replaces it through start_afresh once the new run is complete
+        check_out_folder(out, source=EXAMPLE_DATA, overwrite=True)
         return
     if not os.path.isdir(out) or not os.listdir(out):
         if os.path.exists(out) and not os.path.isdir(out):

@@ -37,7 +37,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--split", default=None, help="split of a DatasetDict folder or Hub dataset (overrides split: in CONFIG)"
     )
     add_overwrite_argument(
-        parser, "start afresh: delete the earlier run in the config's out folder (without it, that run resumes)"
+        parser,
+        "start afresh: replace the earlier run in the config's out folder once the new one is complete (without it, "
+        "that run resumes)",
     )
     add_json_argument(parser)
     parser.set_defaults(func=run)
@@ -102,10 +104,13 @@ def run(args: argparse.Namespace) -> int:
         config.allow_outside_root = True
     if args.split is not None:
         config.split = args.split
-    if args.overwrite:
-        start_afresh(config.out, source=config.source, what="out")
     started = time.time()
-    result = run_pipeline(config, progress=not args.quiet)
+    if args.overwrite:
+        with start_afresh(config.out, source=config.source, what="out") as fresh:
+            config.out = fresh.path
+            result = fresh.final(run_pipeline(config, progress=not args.quiet))
+    else:
+        result = run_pipeline(config, progress=not args.quiet)
     if args.json:
         print_json(result_json(result, time.time() - started))
         return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 
@@ -43,7 +44,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--shard-size", type=int, default=10_000, help="rows per resumable shard (default 10000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed recorded in the manifest (default 0)")
     add_overwrite_argument(
-        parser, "start afresh: delete the earlier scoring run in --out (without it, that run resumes)"
+        parser,
+        "start afresh: replace the earlier scoring run in --out once the new one is complete (without it, that run "
+        "resumes)",
     )
     add_json_argument(parser)
     parser.add_argument(
@@ -158,26 +161,27 @@ def run(args: argparse.Namespace) -> int:
         # before loading: the input's own warnings would bury this one-line error
         raise ConfigError(f"--limit must be >= 1, got {args.limit}")
     metric_list = _metric_list(args)
-    if args.overwrite:
-        start_afresh(args.out, source=args.source)
-    dataset = _load(args)
-    started = time.time()
-    scored = score(
-        dataset,
-        metric_list,
-        batch_size=args.batch_size,
-        num_proc=args.num_proc,
-        out_dir=args.out,
-        shard_size=args.shard_size,
-        limit=args.limit,
-        seed=args.seed,
-        source=args.source,
-        progress=not args.quiet,
-        **engine_options,
-    )
-    elapsed = time.time() - started
-
-    manifest = read_manifest(args.out)
+    with contextlib.ExitStack() as stack:
+        out_dir = args.out
+        if args.overwrite:  # the earlier result stays in place until the new one is complete
+            out_dir = stack.enter_context(start_afresh(args.out, source=args.source)).path
+        dataset = _load(args)
+        started = time.time()
+        scored = score(
+            dataset,
+            metric_list,
+            batch_size=args.batch_size,
+            num_proc=args.num_proc,
+            out_dir=out_dir,
+            shard_size=args.shard_size,
+            limit=args.limit,
+            seed=args.seed,
+            source=args.source,
+            progress=not args.quiet,
+            **engine_options,
+        )
+        elapsed = time.time() - started
+        manifest = read_manifest(out_dir)
     estimates = {}
     if args.limit:
         # Metrics that call paid or slow services (the LLM judge) estimate requests, tokens and cost themselves.

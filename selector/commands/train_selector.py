@@ -10,6 +10,7 @@ card; ``vlselect select --strategy instructiongpt4 --selector DIR`` ranks with i
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -70,13 +71,17 @@ def run(args: argparse.Namespace) -> int:
 
     from selector.errors import ConfigError
     from selector.learned import CONFIG_NAME, LearnedSelector, align_labels, read_labels
-    from selector.runs import load_scored
+    from selector.runs import check_no_overlap, check_out_folder, load_scored
 
     out = os.path.abspath(args.out)
     if os.path.exists(os.path.join(out, CONFIG_NAME)) and not args.overwrite:
         raise ConfigError(f"--out {out} already holds a selector; pass --overwrite to replace it")
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConfigError(f"--out {out} exists and is not a folder")
+    if not _is_saved_selector(out):  # a selector saved before the marker existed is vlselect's too
+        check_out_folder(out, source=[args.scored_dir, args.labels], overwrite=args.overwrite)
+    else:
+        check_no_overlap(out, [args.scored_dir, args.labels])
     labels = read_labels(args.labels)
     dataset = load_scored(args.scored_dir)
     if "id" not in dataset.column_names:
@@ -96,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         random_state=args.seed,
     ).fit(dataset, y, groups=groups)
 
-    selector.save_pretrained(out)
+    _save(selector, out)
     unit = "groups" if selector.mode_ == "set" else "rows"
     val = selector.validation_
     spearman = "n/a" if val["spearman"] is None else f"{val['spearman']:.3f}"
@@ -118,3 +123,42 @@ def run(args: argparse.Namespace) -> int:
             raise PublishError(f"saved {out} but could not push it to {args.push_to_hub}: {first}") from None
         print(f"pushed to {url}")
     return 0
+
+
+def _is_saved_selector(folder: str) -> bool:
+    """True when ``folder`` holds a learned selector's ``config.json`` (``format: vlselect-learned-selector``) and
+    nothing but the files :meth:`~selector.learned.LearnedSelector.save_pretrained` writes (as saved before the
+    marker existed): replacing it loses nothing of the user's."""
+    from selector.errors import DataError
+    from selector.fileio import read_json
+    from selector.learned import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
+    from selector.runs import OWN_MARKER
+
+    path = os.path.join(folder, CONFIG_NAME)
+    if not os.path.isfile(path) or not set(os.listdir(folder)) <= {CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, OWN_MARKER}:
+        return False
+    try:
+        config = read_json(path)
+    except (DataError, OSError, UnicodeDecodeError, RecursionError):
+        return False
+    return isinstance(config, dict) and config.get("format") == "vlselect-learned-selector"
+
+
+def _save(selector, out: str) -> None:
+    """Save beside ``out`` and swap it into place: an earlier selector there stays until the new one is complete."""
+    import shutil
+    import tempfile
+
+    from selector.fileio import folder_lock, output_errors
+    from selector.runs import swap_into_place
+
+    parent = os.path.dirname(out)
+    with folder_lock(out), output_errors(out):
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.vlselect-staging-{os.getpid()}-", dir=parent)
+        try:
+            selector.save_pretrained(staging, repo_id=out)  # the card's examples name the folder, not the staging
+            swap_into_place(staging, out)
+        finally:
+            if os.path.exists(staging):
+                shutil.rmtree(staging)

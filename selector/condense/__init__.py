@@ -1,8 +1,8 @@
-"""Dataset condensation: learn a few synthetic training images per class (DC, DSA, DM; CAFE and IDM build on it).
+"""Dataset condensation: learn a few synthetic training images per class (DC, DSA, DM, CAFE, IDM).
 
 Modules: :mod:`~selector.condense.networks` (the papers' ConvNet, DC's gradient distance),
 :mod:`~selector.condense.augment` (differentiable Siamese augmentation), :mod:`~selector.condense.methods` (the
-methods and their registry), :mod:`~selector.condense.evaluate` (the evaluation protocol),
+methods and their registry; CAFE in :mod:`~selector.condense.cafe`, IDM in :mod:`~selector.condense.idm`), :mod:`~selector.condense.evaluate` (the evaluation protocol),
 :mod:`~selector.condense.io` (checkpoints, output folder, card), :mod:`~selector.condense.api` (the loop,
 :func:`condense_tensors` and :func:`condense_dataset`).
 

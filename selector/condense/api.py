@@ -116,9 +116,10 @@ def condense_tensors(
     Args:
         images: float ``(n, c, h, w)`` tensor or array, already normalised (see ``mean``/``std``).
         labels: int labels ``0..k-1``; every class needs at least ``ipc`` images, and there must be two classes.
-        method: a name in :data:`selector.condense.methods.METHODS` (``dc``, ``dsa``, ``dm``, ...).
+        method: a name in :data:`selector.condense.methods.METHODS` (``dc``, ``dsa``, ``dm``, ``cafe``, ``idm``).
         ipc: synthetic images per class.
-        iterations: outer iterations (default: the method's paper setting, 1,000 for DC/DSA, 20,000 for DM).
+        iterations: outer iterations (default: the method's paper setting, 1,000 for DC/DSA, 2,000 for CAFE,
+            20,000 for DM/IDM).
         seed: the seed of every random draw (same seed and settings -> same result).
         net: ConvNet settings overriding :data:`DEFAULT_NET` (``width``, ``depth``, ``norm``, ``pooling``).
         mean: the per-channel mean already subtracted from ``images`` (recorded; default 0).
@@ -192,7 +193,10 @@ def condense_tensors(
     init_rng = np.random.default_rng([seed, 0x1417])
     gen = torch.Generator().manual_seed(seed)
     syn = torch.randn((k * ipc, real.channel, *real.im_size), generator=gen)
-    if init == "real":
+    custom = algo.init_images(real, ipc, init, init_rng)
+    if custom is not None:
+        syn = custom.clone()
+    elif init == "real":
         syn = torch.cat([real.sample(c, ipc, init_rng) for c in range(k)]).clone()
     syn.requires_grad_(True)
     syn_labels = torch.arange(k).repeat_interleave(ipc)
@@ -427,7 +431,7 @@ def condense_dataset(
         source: an image folder, ``save_to_disk`` folder, Parquet file/folder or Hub id
             (:func:`selector.images.load_image_classification`, the loaders ``prune-images`` uses).
         out_dir: output folder (must not exist or be empty, unless ``overwrite`` and it holds an earlier result).
-        method: see :func:`condense_tensors` (``dc``, ``dsa``, ``dm``).
+        method: see :func:`condense_tensors` (``dc``, ``dsa``, ``dm``, ``cafe``, ``idm``).
         ipc: synthetic images per class.
         iterations: outer iterations (default: the paper's).
         split: split of a ``DatasetDict`` folder or Hub dataset.
@@ -578,9 +582,13 @@ def condense_dataset(
         if eval_runs > 0 and test_labels.size > 0:
             epochs = int(eval_epochs if eval_epochs is not None else algo.eval_epochs)
             logger.info("evaluating the saved PNGs: %d networks x %d epochs", eval_runs, epochs)
+            # a method may store its images in another form than it trains on (IDM: 2x2 partitioned images)
+            eval_images, eval_labels = algo.training_set(
+                normalise(read_pngs(staging, rows)), torch.from_numpy(syn_labels)
+            )
             evaluation = evaluate_synthetic(
-                normalise(read_pngs(staging, rows)),
-                torch.from_numpy(syn_labels),
+                eval_images,
+                eval_labels,
                 normalise(test_pixels),
                 torch.from_numpy(test_labels),
                 runs=eval_runs,
@@ -591,6 +599,9 @@ def condense_dataset(
             )
         elif eval_runs > 0:
             warnings.append("no test images (holdout 0 and no --eval-source/--eval-split): accuracy not measured")
+        note = getattr(algo, "stored_form_note", None)
+        if note:
+            warnings.append(note)
         write_dataset(staging, rows, train.class_names)
         meta = {"method": synthetic.method, "ipc": ipc, "iterations": synthetic.iterations_done, "seed": seed}
         write_safetensors(os.path.join(staging, SAFETENSORS), synthetic.pixels(), syn_labels, mean, std, meta)

@@ -27,9 +27,12 @@ Methods (the VICO-UoE DatasetCondensation code is the reference for every defaul
 Every method initialises from random real images by default (``init="real"``, the DSA and DM scripts' setting;
 the DC script's default was noise, available as ``init="noise"``).
 
+- ``cafe`` (:mod:`selector.condense.cafe`) and ``idm`` (:mod:`selector.condense.idm`): see their modules.
+
 Adding a method (CAFE and IDM do): subclass :class:`CondensationMethod`, set ``name``, ``defaults`` and the
 evaluation protocol, implement ``step`` and ``matching_loss`` (and ``state_dict``/``load_state_dict`` if it
-carries state across iterations), and add it to :data:`METHODS`.
+carries state across iterations; ``init_images``/``training_set`` if it stores images in its own form), and add
+it to :data:`METHODS`.
 """
 
 from __future__ import annotations
@@ -163,6 +166,15 @@ class CondensationMethod:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore :meth:`state_dict`."""
+
+    def init_images(self, real: RealData, ipc: int, init: str, rng: np.random.Generator) -> torch.Tensor | None:
+        """The method's own initial synthetic images (class-major), or None for the shared ``init`` rule."""
+        return None
+
+    def training_set(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training set a network learns from the stored synthetic images (evaluation); the images themselves
+        unless the method stores them in another form (IDM's 2x2 partitioned images)."""
+        return images, labels
 
     def augmentation(self, ctx: StepContext, strategy: str | None):
         """One Siamese DSA draw for the current images."""
@@ -336,8 +348,12 @@ def train_epochs(
     return correct / max(n, 1)
 
 
-#: method name -> class; CAFE and IDM register here too.
-METHODS: dict[str, type[CondensationMethod]] = {"dc": DC, "dsa": DSA, "dm": DM}
+# CAFE and IDM live in their own modules and build on the classes above
+from selector.condense.cafe import CAFE  # noqa: E402
+from selector.condense.idm import IDM  # noqa: E402
+
+#: method name -> class
+METHODS: dict[str, type[CondensationMethod]] = {"dc": DC, "dsa": DSA, "dm": DM, "cafe": CAFE, "idm": IDM}
 
 
 def get_method(name: str, **options: Any) -> CondensationMethod:

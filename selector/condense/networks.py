@@ -91,6 +91,20 @@ class ConvNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))
 
+    def block_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every block's activation map (after its ReLU, before its pooling), then the final (pooled) map.
+
+        ``depth + 1`` tensors, shallow to deep: the feature maps CAFE aligns layer by layer (its official network
+        returns the same cuts of the same ConvNet).
+        """
+        feats = []
+        for layer in self.features:
+            x = layer(x)
+            if isinstance(layer, nn.ReLU):
+                feats.append(x)
+        feats.append(x)
+        return feats
+
 
 def make_network(spec: dict, seed: int) -> ConvNet:
     """A freshly initialised :class:`ConvNet` from ``spec`` (its keyword arguments) with weights drawn from ``seed``.

@@ -51,7 +51,14 @@ def _is_saved_dataset(path: str) -> bool:
     )
 
 
-def load_rows(path: str | os.PathLike, *, format: str = "auto", image_root: str | None = None, split: str = "train"):
+def load_rows(
+    path: str | os.PathLike,
+    *,
+    format: str = "auto",
+    image_root: str | None = None,
+    split: str = "train",
+    allow_outside_root: bool = False,
+):
     """Load canonical rows and drop the unusable ones (counted and logged, never silent).
 
     Args:
@@ -61,6 +68,8 @@ def load_rows(path: str | os.PathLike, *, format: str = "auto", image_root: str 
             load; the result is canonical.
         format: passed to ``load_instructions``.
         image_root: passed to ``load_instructions``.
+        allow_outside_root: passed to ``load_instructions``: without it an image path that resolves outside the
+            allowed roots is the row's error (``image_outside_root``), and the row is left out.
         split: split of a saved ``DatasetDict`` or a Hub dataset.
 
     Returns:
@@ -91,7 +100,13 @@ def load_rows(path: str | os.PathLike, *, format: str = "auto", image_root: str 
     if dataset is None:
         # a single file has only "train"; the split names a split of a saved DatasetDict or a Hub dataset
         many = not os.path.exists(path) or _is_saved_dataset(path)
-        dataset = load_instructions(path, format=format, image_root=image_root, split=split if many else None)
+        dataset = load_instructions(
+            path,
+            format=format,
+            image_root=image_root,
+            split=split if many else None,
+            allow_outside_root=allow_outside_root,
+        )
     missing = {"id", "messages"} - set(dataset.column_names)
     if missing:
         raise DataError(f"dataset {path} lacks the canonical column(s) {', '.join(sorted(missing))}")
@@ -272,4 +287,31 @@ class RowDataset:
         return item
 
 
-__all__ = ["IGNORE_INDEX", "ChatCollator", "RowDataset", "assistant_spans", "column_list", "load_rows", "to_chat"]
+def make_loader(dataset, *, batch_size: int, collate_fn, num_workers: int = 0, **kwargs: Any):
+    """The one way the engine builds a ``torch.utils.data.DataLoader``: worker processes (``num_workers > 0``)
+    start with ``forkserver`` (``spawn`` where it is missing), never ``fork``.
+
+    A process forked after torch has run can deadlock in its first parallel region (libgomp's barrier, issue 21
+    item 8); the engine has always run torch by the time it builds a loader. The context is the one the image
+    metrics' decode workers use (:func:`metrics.image_loader.start_method`), so every worker the package starts
+    comes from the same fork server. ``kwargs`` go to ``DataLoader`` unchanged.
+    """
+    from torch.utils.data import DataLoader
+
+    if num_workers > 0:
+        from metrics.image_loader import start_method
+
+        kwargs["multiprocessing_context"] = start_method()
+    return DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn, num_workers=num_workers, **kwargs)
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "ChatCollator",
+    "RowDataset",
+    "assistant_spans",
+    "column_list",
+    "load_rows",
+    "make_loader",
+    "to_chat",
+]

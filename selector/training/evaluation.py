@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 from selector.errors import ConfigError, DataError
 from selector.fileio import dumps_json, iter_jsonl, write_json, write_jsonl
 from selector.training.config import find_config, parse_args, resolve_config
-from selector.training.data import ChatCollator, RowDataset, column_list, load_rows, to_chat
+from selector.training.data import ChatCollator, RowDataset, column_list, load_rows, make_loader, to_chat
 from selector.training.modeling import load_model_and_processor
 
 logger = logging.getLogger(__name__)
@@ -193,11 +193,10 @@ def _device(model):
 def answer_loss(model, processor, dataset, *, batch_size: int = 4, max_length: int | None = None) -> float:
     """Token-weighted mean cross-entropy on assistant tokens (the validation loss); NaN with no answer token."""
     import torch
-    from torch.utils.data import DataLoader
 
     from selector.training.callbacks import token_statistics
 
-    loader = DataLoader(
+    loader = make_loader(
         RowDataset(dataset),
         batch_size=batch_size,
         collate_fn=ChatCollator(processor, max_length),
@@ -281,6 +280,7 @@ class EvalConfig:
     trust_remote_code: bool = False
     dataset_format: str = "auto"
     image_root: str | None = None
+    allow_outside_root: bool = False  # read images outside image_root too (default: a row error)
     dataset_split: str = "train"
     max_eval_samples: int | None = None
     per_device_eval_batch_size: int = 4
@@ -320,7 +320,11 @@ def evaluate(config: EvalConfig | dict | str | None = None, *, model=None, proce
     if cfg.per_device_eval_batch_size < 1 or cfg.max_new_tokens < 1:
         raise ConfigError("per_device_eval_batch_size and max_new_tokens must be >= 1")
     dataset, skipped = load_rows(
-        cfg.dataset_name, format=cfg.dataset_format, image_root=cfg.image_root, split=cfg.dataset_split
+        cfg.dataset_name,
+        format=cfg.dataset_format,
+        image_root=cfg.image_root,
+        allow_outside_root=cfg.allow_outside_root,
+        split=cfg.dataset_split,
     )
     if cfg.max_eval_samples is not None:
         dataset = dataset.select(range(min(cfg.max_eval_samples, len(dataset))))

@@ -39,7 +39,7 @@ from selector.errors import ConfigError, DataError
 from selector.fileio import atomic_write_text, dumps_json, read_json, write_json
 from selector.training import callbacks
 from selector.training.config import find_config, parse_args, resolve_config, write_config
-from selector.training.data import ChatCollator, RowDataset, column_list, load_rows
+from selector.training.data import ChatCollator, RowDataset, column_list, load_rows, make_loader
 from selector.training.modeling import VisualTokenPruning, load_model_and_processor, torch_dtype
 
 logger = logging.getLogger(__name__)
@@ -116,6 +116,8 @@ class FinetuneConfig:
     attn_implementation: str | None = None
     dataset_format: str = "auto"
     image_root: str | None = None
+    # images that resolve outside image_root are row errors (image_outside_root) unless this opts in (issue 21)
+    allow_outside_root: bool = False
     dataset_train_split: str = "train"
     train_ids: list[str] | None = None
     train_ids_file: str | None = None
@@ -321,7 +323,11 @@ def _id_hash(row_id: str, seed: int) -> str:
 
 def _datasets(cfg: FinetuneConfig):
     train, skipped = load_rows(
-        cfg.dataset_name, format=cfg.dataset_format, image_root=cfg.image_root, split=cfg.dataset_train_split
+        cfg.dataset_name,
+        format=cfg.dataset_format,
+        image_root=cfg.image_root,
+        allow_outside_root=cfg.allow_outside_root,
+        split=cfg.dataset_train_split,
     )
     wanted = list(cfg.train_ids or [])
     if cfg.train_ids_file:
@@ -344,7 +350,11 @@ def _datasets(cfg: FinetuneConfig):
     eval_set = None
     if cfg.eval_dataset:
         eval_set, eval_skipped = load_rows(
-            cfg.eval_dataset, format=cfg.dataset_format, image_root=cfg.image_root, split=cfg.dataset_train_split
+            cfg.eval_dataset,
+            format=cfg.dataset_format,
+            image_root=cfg.image_root,
+            allow_outside_root=cfg.allow_outside_root,
+            split=cfg.dataset_train_split,
         )
         skipped = {k: skipped.get(k, 0) + eval_skipped.get(k, 0) for k in set(skipped) | set(eval_skipped)}
     elif cfg.eval_fraction > 0:
@@ -473,11 +483,10 @@ def _image_token_id(model) -> int | None:
 def evaluate_loss(model, processor, dataset, cfg, accelerator) -> float:
     """Token-weighted mean answer loss over ``dataset`` (all processes; each takes a shard)."""
     import torch
-    from torch.utils.data import DataLoader
 
     unwrapped = accelerator.unwrap_model(model)
     indices = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
-    loader = DataLoader(
+    loader = make_loader(
         RowDataset(dataset, indices),
         batch_size=cfg.per_device_eval_batch_size,
         collate_fn=ChatCollator(processor, cfg.max_length),
@@ -502,11 +511,10 @@ def evaluate_loss(model, processor, dataset, cfg, accelerator) -> float:
 
 
 def _measure_curvature(model, processor, dataset, active, cfg, accelerator, recorder, epoch) -> None:
-    from torch.utils.data import DataLoader
 
     unwrapped = accelerator.unwrap_model(model)
     indices = active[accelerator.process_index :: accelerator.num_processes]
-    loader = DataLoader(
+    loader = make_loader(
         RowDataset(dataset, indices),
         batch_size=cfg.per_device_eval_batch_size,
         collate_fn=ChatCollator(processor, cfg.max_length),
@@ -733,7 +741,6 @@ def train(config: FinetuneConfig | dict | str | None = None, **overrides) -> dic
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
-    from torch.utils.data import DataLoader
     from transformers import get_scheduler
 
     from selector.logs import progress as progress_bar
@@ -893,7 +900,7 @@ def train(config: FinetuneConfig | dict | str | None = None, **overrides) -> dic
         order = _epoch_order(state["active"], cfg.seed, epoch, cfg.per_device_train_batch_size * world)
         shard = order[accelerator.process_index :: world]
         start = state["batches_done"] * cfg.per_device_train_batch_size
-        loader = DataLoader(
+        loader = make_loader(
             RowDataset(train, shard[start:]),
             batch_size=cfg.per_device_train_batch_size,
             collate_fn=collator,

@@ -305,16 +305,7 @@ def score(
     if out_dir is None:
         raise ConfigError("the Ray engine writes resumable shards: give out_dir (a folder or an s3:// URI)")
     ray = require_ray()
-    metric_list = scoring.resolve_metrics(metrics)
-    if batch_size < 1 or shard_size < 1:
-        raise ConfigError("batch_size and shard_size must be >= 1")
-    if limit is not None and limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {limit}")
-    n_total = len(dataset)
-    if n_total == 0:
-        raise DataError("nothing to score: the dataset has no rows")
-    n = min(n_total, limit) if limit else n_total
-    scoring._check_inputs(dataset, metric_list)
+    metric_list, n_total, n = scoring.check_request(dataset, metrics, batch_size, shard_size, limit)
     scoring._seed_everything(seed, load_torch=False)
 
     fingerprint = getattr(dataset, "_fingerprint", None)

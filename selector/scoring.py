@@ -72,6 +72,21 @@ def resolve_metrics(metrics: Any) -> list:
     return out
 
 
+
+def check_request(dataset, metrics, batch_size: int, shard_size: int, limit: int | None):
+    """The checks every scoring engine makes before any work: metrics resolved, sizes positive, rows present and
+    the columns the metrics read; returns ``(metrics, rows in the input, rows to score)``."""
+    metric_list = resolve_metrics(metrics)
+    if batch_size < 1 or shard_size < 1:
+        raise ConfigError("batch_size and shard_size must be >= 1")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    n_total = len(dataset)
+    if n_total == 0:
+        raise DataError("nothing to score: the dataset has no rows")
+    _check_inputs(dataset, metric_list)
+    return metric_list, n_total, (min(n_total, limit) if limit else n_total)
+
 def score(
     dataset,
     metrics,
@@ -135,16 +150,7 @@ def score(
     if engine != "local" or engine_options:
         bad = f"engine {engine!r}" if engine != "local" else f"option(s) {', '.join(engine_options)}"
         raise ConfigError(f"{bad}: expected engine 'local' or 'ray' (options only with engine='ray')")
-    metric_list = resolve_metrics(metrics)
-    if batch_size < 1 or shard_size < 1:
-        raise ConfigError("batch_size and shard_size must be >= 1")
-    if limit is not None and limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {limit}")
-    n_total = len(dataset)
-    if n_total == 0:
-        raise DataError("nothing to score: the dataset has no rows")
-    n = min(n_total, limit) if limit else n_total
-    _check_inputs(dataset, metric_list)
+    metric_list, n_total, n = check_request(dataset, metrics, batch_size, shard_size, limit)
     _seed_everything(seed, load_torch=any(hasattr(m, "_ensure_loaded") for m in metric_list))
 
     input_fingerprint = getattr(dataset, "_fingerprint", None)

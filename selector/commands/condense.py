@@ -6,7 +6,7 @@ import argparse
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from selector.commands._common import add_json_argument
+    from selector.commands._common import add_json_argument, add_set_argument
 
     parser = subparsers.add_parser(
         "condense",
@@ -41,14 +41,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--inner-loop", type=int, default=None, help="DC/DSA inner loop (default from ipc: 1, 50, ...)"
     )
     parser.add_argument("--init", choices=["real", "noise"], default=None, help="start from real images or noise")
-    parser.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any other option of the method, VALUE read as YAML (repeatable; e.g. cafe: bilevel=fixed, "
-        "dsa_strategy=color_crop_cutout_flip_scale_rotate, lambda_1=0.04; idm: queue_size=100, ce_weight=0.5, "
-        "partition=false)",
+    add_set_argument(
+        parser,
+        "any other option of the method, VALUE read as YAML",
+        "cafe: bilevel=fixed, lambda_1=0.04; idm: queue_size=100, ce_weight=0.5, partition=false",
     )
     parser.add_argument("--width", type=int, default=128, help="ConvNet width (default 128)")
     parser.add_argument("--depth", type=int, default=3, help="ConvNet depth (default 3)")

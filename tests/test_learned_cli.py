@@ -100,7 +100,8 @@ def test_train_selector_network_set_labels_then_select(tmp_path, scored, capsys)
     args = ["train-selector", str(path), "--labels", str(labels), "--out", str(out), "--max-epochs", "5"]
     assert main(args) == 0
     assert "(set-level labels); held-out Spearman" in capsys.readouterr().out
-    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "README.md"}
+    # the selector's three files, and the marker that makes the folder vlselect's own (selector.runs.OWN_MARKER)
+    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "README.md", ".vlselect-output"}
     assert main(args) == 2  # the selector is there: no silent overwrite
     assert "--overwrite" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0

@@ -72,7 +72,6 @@ def resolve_metrics(metrics: Any) -> list:
     return out
 
 
-
 def check_request(dataset, metrics, batch_size: int, shard_size: int, limit: int | None):
     """The checks every scoring engine makes before any work: metrics resolved, sizes positive, rows present and
     the columns the metrics read; returns ``(metrics, rows in the input, rows to score)``."""
@@ -86,6 +85,7 @@ def check_request(dataset, metrics, batch_size: int, shard_size: int, limit: int
         raise DataError("nothing to score: the dataset has no rows")
     _check_inputs(dataset, metric_list)
     return metric_list, n_total, (min(n_total, limit) if limit else n_total)
+
 
 def score(
     dataset,

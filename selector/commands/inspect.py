@@ -70,6 +70,7 @@ def _example_rows(dataset, n: int) -> list[dict]:
 
 def run(args: argparse.Namespace) -> int:
     from selector.data import load_with_report, summarize
+
     # The report below lists every problem the loader would log; don't print them twice.
     logging.getLogger("selector.data.load").setLevel(logging.ERROR)
     checks_summary = None

@@ -387,7 +387,6 @@ def _plan(source, format: str, image_root, split: str | None, allow_outside_root
     return _Plan(resolved, format, roots, stamp, fingerprint, bool(allow_outside_root), limits, trusted)
 
 
-
 def _gen_kwargs(plan: _Plan) -> dict[str, Any]:
     return {
         "files": tuple(plan.source.files),

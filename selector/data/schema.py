@@ -46,7 +46,14 @@ ERROR_KINDS = {
 }
 
 IMAGE_ERROR_KINDS = frozenset(
-    {"missing_image", "empty_image", "corrupt_image", "image_too_large", "image_outside_root", "unsupported_image_format"}
+    {
+        "missing_image",
+        "empty_image",
+        "corrupt_image",
+        "image_too_large",
+        "image_outside_root",
+        "unsupported_image_format",
+    }
 )
 
 _TOKEN_RE = re.compile(r"\s*<image>\s*")

@@ -143,11 +143,7 @@ class CAFE(CondensationMethod):
         strategy = self.options["dsa_strategy"]
         reals, syns = [], []
         for c in range(ctx.real.num_classes):
-            real = ctx.real.sample(c, self.options["batch_real"], ctx.rng)
-            syn = ctx.class_images(c)
-            if parse_strategy(strategy):
-                aug = self.augmentation(ctx, strategy)
-                real, syn = aug(real), aug(syn)
+            real, syn = self.class_batches(ctx, c, strategy)
             reals.append(real)
             syns.append(syn)
         real_sizes = [r.shape[0] for r in reals]

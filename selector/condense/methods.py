@@ -182,6 +182,16 @@ class CondensationMethod:
             ctx.generator, strategy=strategy, params=self.dsa_params, image_size=ctx.real.im_size
         )
 
+    def class_batches(self, ctx: StepContext, c: int, strategy: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class ``c``'s real batch (``batch_real`` samples) and its synthetic images, both through one sampled DSA
+        augmentation when ``strategy`` names any op (Siamese: the same draw for both)."""
+        real = ctx.real.sample(c, self.options["batch_real"], ctx.rng)
+        syn = ctx.class_images(c)
+        if parse_strategy(strategy):
+            aug = self.augmentation(ctx, strategy)
+            real, syn = aug(real), aug(syn)
+        return real, syn
+
 
 class DC(CondensationMethod):
     """Gradient matching (DC); see the module docstring."""
@@ -219,11 +229,7 @@ class DC(CondensationMethod):
         strategy = self._strategy()
         loss = ctx.images.new_zeros(())
         for c in range(ctx.real.num_classes):
-            real = ctx.real.sample(c, self.options["batch_real"], ctx.rng)
-            syn = ctx.class_images(c)
-            if parse_strategy(strategy):
-                aug = self.augmentation(ctx, strategy)
-                real, syn = aug(real), aug(syn)
+            real, syn = self.class_batches(ctx, c, strategy)
             target_real = torch.full((real.shape[0],), c, dtype=torch.long)
             target_syn = torch.full((syn.shape[0],), c, dtype=torch.long)
             gw_real = torch.autograd.grad(F.cross_entropy(net(real), target_real), params)
@@ -288,11 +294,7 @@ class DM(CondensationMethod):
         loss = ctx.images.new_zeros(())
         strategy = self.options["dsa_strategy"]
         for c in range(ctx.real.num_classes):
-            real = ctx.real.sample(c, self.options["batch_real"], ctx.rng)
-            syn = ctx.class_images(c)
-            if parse_strategy(strategy):
-                aug = self.augmentation(ctx, strategy)
-                real, syn = aug(real), aug(syn)
+            real, syn = self.class_batches(ctx, c, strategy)
             with torch.no_grad():
                 mean_real = net.embed(real).mean(0)
             loss = loss + ((mean_real - net.embed(syn).mean(0)) ** 2).sum()

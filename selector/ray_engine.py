@@ -4,17 +4,25 @@ Scoring on a cluster gives the same output as the local engine (:mod:`selector.s
 folder with ``manifest.json``, the same ids, the same ``error`` rows, and scores equal within float tolerance
 (bit-identical for metrics whose result does not depend on the batch composition). How it runs:
 
-1. The driver holds the loaded dataset (the local loader made its ids unique, so duplicate ids are renamed exactly
-   as ``vlselect score`` without Ray names them) and writes the columns the row metrics read as Parquet *input
-   shards* of ``shard_size`` rows under ``OUT/.shards/_input/<key>/``, each followed by a ``.done`` marker.
-2. One Ray Data pipeline runs over the shards: ``map_batches`` stage per row metric, one shard per call. A model
+1. Input shards of ``shard_size`` rows under ``OUT/.shards/_input/<key>/``, each followed by a ``.done`` marker.
+   From a source (a path or :class:`RaySource`, what ``vlselect score --engine ray`` passes), the driver plans the
+   read with the local loader's planner and makes one pass over the rows' ids through the format's adapter (only
+   the id field of a table), which counts each file's rows, notes where JSONL blocks start and makes duplicate ids
+   unique by the loader's rule (:class:`selector.data.load.UniqueIds`). The first pipeline stage (CPU tasks) then
+   reads each block on a worker with the same adapter, reading only its run of each file
+   (:class:`selector.data.formats.Piece`), applies the loader's per-row checks
+   (:func:`selector.data.load.canonical_row`, images through the safe opener inside the allowed roots), sets the
+   unique ids and writes the canonical rows. From an already loaded ``Dataset``, the driver writes the columns
+   the row metrics read instead.
+2. The same Ray Data pipeline runs a ``map_batches`` stage per row metric, one shard per call. A model
    metric (:class:`metrics.base.ModelMetric`) runs in an actor pool (``concurrency`` actors with ``num_gpus``
    each), so every actor loads its model once; a cheap metric (``length``) runs as plain CPU tasks. Each call
    reads only its shard's columns, scores them in batches of ``batch_size`` with the same ``Metric.__call__``
    ``Dataset.map`` uses, and writes ``OUT/.shards/<metric>/<key>/rows-<start>-<end>.parquet`` then its ``.done``
    marker: the local engine's layout and keys, so either engine resumes the other's run.
-3. The driver joins the finished shards onto the input rows, runs the dataset-level metric parts, and writes the
-   folder and manifest through the local engine's own code.
+3. The driver joins the finished shards onto the input rows (from a source: the input shards copied one at a
+   time into a memory-mapped Arrow file), runs the dataset-level metric parts, and writes the folder and
+   manifest through the local engine's own code.
 
 Resume: a shard whose data file and marker both exist is never redone, so a re-run after the driver was
 interrupted (or the whole job was killed) computes only the missing shards. A worker that dies mid-shard is
@@ -41,7 +49,10 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -52,6 +63,10 @@ logger = logging.getLogger(__name__)
 INPUT_DIR = "_input"  # not a valid metric name (those start with a letter or digit), so it never collides
 #: SemDeDup tasks take whole clusters until they hold this many rows (small clusters share a task).
 ROWS_PER_TASK = 200_000
+#: Source rows a reading worker turns into Arrow at a time (the rest of its shard is already Arrow).
+_ROWS_PER_CHUNK = 256
+#: Part of the input shards' key: bump when the rows read for the same input change.
+_READ_VERSION = "1"
 
 
 def require_ray():
@@ -204,14 +219,15 @@ def _rows(batch: dict) -> list[dict]:
     ]
 
 
-def _run_stage(batch: dict, index: int, score_one) -> dict:
-    """Score each shard of ``batch`` that this stage still has to do; a user-facing error is passed on in the
-    batch's ``failed``/``message`` fields (the error's class name and message) instead of raised."""
+def _run_stage(batch: dict, flag: str, work) -> dict:
+    """Run ``work`` on each shard of ``batch`` that this stage still has to do (``shard[flag]``); a user-facing
+    error is passed on in the batch's ``failed``/``message`` fields (the error's class name and message) instead
+    of raised."""
     rows = _rows(batch)
     for shard in rows:
-        if shard[f"todo{index}"] and not shard["failed"]:
+        if shard[flag] and not shard["failed"]:
             try:
-                score_one(shard, shard[f"out{index}"])
+                work(shard)
             except VLSelectError as exc:
                 shard["failed"], shard["message"] = type(exc).__name__, str(exc)
     # new arrays: Ray Data's batch arrays may be read-only views, and fixed-width strings would truncate
@@ -223,7 +239,9 @@ def _run_stage(batch: dict, index: int, score_one) -> dict:
 
 def _task_stage(batch: dict, *, metric, index: int, root: str, key: str, columns, batch_size: int) -> dict:
     return _run_stage(
-        batch, index, lambda shard, out: _score_shard(metric, root, shard, out, key, columns, batch_size, None)
+        batch,
+        f"todo{index}",
+        lambda shard: _score_shard(metric, root, shard, shard[f"out{index}"], key, columns, batch_size, None),
     )
 
 
@@ -235,10 +253,222 @@ class _ActorStage:
         self.columns, self.batch_size, self.rank = columns, batch_size, rank
 
     def __call__(self, batch: dict) -> dict:
-        return _run_stage(batch, self.index, self._score)
+        return _run_stage(batch, f"todo{self.index}", self._score)
 
-    def _score(self, shard: dict, out: str) -> None:
+    def _score(self, shard: dict) -> None:
+        out = shard[f"out{self.index}"]
         _score_shard(self.metric, self.root, shard, out, self.key, self.columns, self.batch_size, self.rank)
+
+
+class RaySource:
+    """A data source the Ray engine reads block by block on its workers, with the local loader's rules.
+
+    What :func:`selector.load_instructions` accepts (a JSON, JSONL, Parquet or Arrow file, a folder of Parquet or
+    Arrow shards, a cc_sbu_align folder with its images, a ``save_to_disk`` folder read as the canonical format, a
+    Hub id), with the same ``format``, ``image_root``, ``split`` and ``allow_outside_root``. The driver plans the
+    read as the local loader does (:func:`selector.data.load._plan`: the files, the format, the image roots and the
+    input fingerprint) and :meth:`index` makes one pass over the rows' ids; the rows themselves are read on the
+    workers. ``len()`` is the number of rows; ``column_names`` are the canonical columns.
+
+    Example:
+        >>> source = RaySource("data/train.jsonl", image_root="data/images")  # doctest: +SKIP
+        >>> scored = selector.score(source, "length,clip", engine="ray", out_dir="s3://bucket/run")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike,
+        format: str = "auto",
+        image_root: str | list[str] | None = None,
+        split: str | None = None,
+        allow_outside_root: bool = False,
+    ):
+        self.source = os.fspath(source)
+        self.format = format
+        self.image_root = image_root
+        self.split = split
+        self.allow_outside_root = allow_outside_root
+        self.shard_size = 10_000  # the engine sets it: JSONL line offsets are kept at shard starts only
+        self._plan = None
+        self._index = None
+
+    def plan(self):
+        """The local loader's plan of the read (files, format, image roots, fingerprint, image limits)."""
+        if self._plan is None:
+            from selector.data.load import _plan
+
+            self._plan = _plan(self.source, self.format, self.image_root, self.split, self.allow_outside_root)
+        return self._plan
+
+    @property
+    def column_names(self) -> list[str]:
+        from selector.data.schema import features
+
+        return list(features())
+
+    @property
+    def _fingerprint(self) -> str:
+        # the local loader's fingerprint, so shard keys match and either engine resumes the other's run
+        return self.plan().fingerprint
+
+    def __len__(self) -> int:
+        return self.index().n_rows
+
+    def index(self) -> _SourceIndex:
+        """The driver's one pass: each file's record count and the unique ids (see :class:`_SourceIndex`)."""
+        if self._index is None or self._index.shard_size != self.shard_size:
+            self._index = _index_source(self.plan(), self.shard_size)
+        return self._index
+
+
+@dataclass
+class _FileIndex:
+    path: str
+    base: int  # the file's first record's row number in the source
+    n_rows: int
+    offset: int  # the file's ``row<i>`` label offset (formats.next_offset)
+    starts: dict[int, tuple[int, int]]  # JSONL: record number in the file -> (byte offset, line), at shard starts
+
+
+@dataclass
+class _SourceIndex:
+    files: list[_FileIndex]
+    n_rows: int
+    # shard number -> {row number (a string, as in JSON): unique id}, for the rows whose id was already taken
+    renames: dict[int, dict[str, str]]
+    shard_size: int
+
+    def read_spec(self, start: int, end: int) -> str:
+        """What a worker reads for rows ``start`` .. ``end - 1`` (JSON: the file pieces and the renamed ids)."""
+        pieces = []
+        for entry in self.files:
+            low, high = max(start, entry.base), min(end, entry.base + entry.n_rows)
+            if low >= high:
+                continue
+            first = low - entry.base
+            byte_start, line_start = entry.starts.get(first, (None, 1))
+            pieces.append(
+                {
+                    "path": entry.path,
+                    "first": first,
+                    "stop": high - entry.base,
+                    "offset": entry.offset,
+                    "byte_start": byte_start,
+                    "line_start": line_start,
+                }
+            )
+        renames = {row: new for row, new in self.renames.get(start // self.shard_size, {}).items() if int(row) < end}
+        return json.dumps({"pieces": pieces, "renames": renames})
+
+
+def _index_source(plan, shard_size: int) -> _SourceIndex:
+    """One pass over the source on the driver: the rows' ids through the format's own adapter (for a Parquet or
+    Arrow file only the id field is read), made unique in reading order by the local loader's rule
+    (:class:`selector.data.load.UniqueIds`), and where each file's records start."""
+    from selector.data.formats import FORMATS, ID_FIELDS, Piece, jsonl_lines, next_offset
+    from selector.data.load import UniqueIds, canonical_id
+
+    read = FORMATS[plan.format].read
+    roots = tuple(plan.image_roots)
+    unique = UniqueIds()
+    entries, renames = [], {}
+    base = offset = 0
+    for path in plan.source.files:
+        n_rows = 0
+        for raw in read((path,), roots, Piece(path, offset=offset), ID_FIELDS):
+            row_id = canonical_id(raw)
+            new = unique(row_id)
+            if new != row_id:
+                row = base + n_rows
+                renames.setdefault(row // shard_size, {})[str(row)] = new
+            n_rows += 1
+        starts = {}
+        if path.endswith(".jsonl"):
+            for k, (line, byte, _) in enumerate(jsonl_lines(path)):
+                if (base + k) % shard_size == 0:
+                    starts[k] = (byte, line)
+        entries.append(_FileIndex(path, base, n_rows, offset, starts))
+        base += n_rows
+        offset = next_offset(path, offset, n_rows)
+    if base == 0:
+        raise DataError(f"{plan.source.files[0]}: the dataset has no rows")
+    if renames:
+        n_renamed = sum(len(shard) for shard in renames.values())
+        example = next(iter(renames[min(renames)].values()))
+        logger.warning("%s: %d duplicate id(s) made unique, e.g. %s", plan.source.name, n_renamed, example)
+    return _SourceIndex(entries, base, renames, shard_size)
+
+
+def _read_shard(root: str, shard: dict, options: dict) -> None:
+    """Read rows ``start`` .. ``end - 1`` of the source with the format's adapter and the loader's per-row checks
+    (:func:`selector.data.load.canonical_row`: images opened with the safe opener inside the allowed roots), give
+    them their unique ids, and write them as the canonical input shard and its marker (skipped when done)."""
+    import pyarrow as pa
+    from datasets import Dataset
+
+    from selector.data.formats import FORMATS, Piece
+    from selector.data.load import canonical_row
+    from selector.data.schema import features
+
+    files = _Files(root)
+    start, end = shard["start"], shard["end"]
+    stem = shard["input"].removesuffix(".parquet")
+    if _is_done(files, stem, start, end):
+        return
+    spec = json.loads(shard["read"])
+    read = FORMATS[options["format"]].read
+    roots = list(options["image_roots"])
+    schema = features()
+    tables, rows, n_rows = [], [], 0
+
+    def flush() -> None:
+        if rows:
+            tables.append(Dataset.from_list(rows, features=schema).data.table)
+            rows.clear()
+
+    for piece in spec["pieces"]:
+        for raw in read((piece["path"],), tuple(roots), Piece(**piece)):
+            row = canonical_row(
+                raw,
+                roots,
+                allow_outside_root=options["allow_outside_root"],
+                image_limits=options["image_limits"],
+                trusted_roots=options["trusted_roots"],
+            )
+            row["id"] = spec["renames"].get(str(start + n_rows), row["id"])
+            rows.append(row)
+            n_rows += 1
+            if len(rows) == _ROWS_PER_CHUNK:
+                flush()  # rows as Arrow in chunks: images are held once, not also as Python objects
+    flush()
+    if n_rows != end - start:
+        raise DataError(
+            f"{options['source']}: rows {start}-{end - 1} changed while the run read them ({n_rows} rows instead of "
+            f"{end - start}); run again"
+        )
+    files.write_table(stem + ".parquet", pa.concat_tables(tables))
+    _mark_done(files, stem, start, end, shard["input_key"])
+
+
+def _read_stage(batch: dict, *, root: str, options: dict) -> dict:
+    return _run_stage(batch, "todo_read", lambda shard: _read_shard(root, shard, options))
+
+
+def _rows_dataset(files: _Files, stems: list[str], folder: str):
+    """The canonical rows of all input shards as one memory-mapped ``datasets.Dataset``: the shards are copied
+    one at a time into an Arrow file under ``folder`` (so the driver never holds more than one shard)."""
+    import pyarrow as pa
+    from datasets import Dataset
+
+    from selector.data.schema import features
+
+    schema = features().arrow_schema
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "rows.arrow")
+    with open(path, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for stem in stems:
+            writer.write_table(files.read_table(stem + ".parquet").cast(schema))
+    return Dataset.from_file(path)
 
 
 def _clear_stale(files: _Files, metric_dir: str, key: str, name: str) -> None:
@@ -278,7 +508,11 @@ def score(
     docstring for how the work is split), reached through ``selector.score(..., engine="ray")``.
 
     Args:
-        dataset, metrics, batch_size, shard_size, limit, seed, source, progress: as for the local engine.
+        dataset: a ``datasets.Dataset`` in the canonical schema (as for the local engine), or a source the workers
+            read block by block: a path (read as :func:`selector.load_instructions` reads it with its defaults) or
+            a :class:`RaySource` (with the loader's options).
+        metrics, batch_size, shard_size, limit, seed, source, progress: as for the local engine (``source``
+            defaults to the path read).
         out_dir: required: the resumable shards live there (a local folder, or a URI such as ``s3://bucket/run``).
         num_proc: default for ``concurrency`` on a cluster without GPUs.
         address: the Ray cluster (``"auto"``, ``"ray://head:10001"``); None: ``RAY_ADDRESS``, else a local Ray
@@ -305,6 +539,12 @@ def score(
     if out_dir is None:
         raise ConfigError("the Ray engine writes resumable shards: give out_dir (a folder or an s3:// URI)")
     ray = require_ray()
+    if isinstance(dataset, (str, os.PathLike)):
+        dataset = RaySource(dataset)
+    reading = isinstance(dataset, RaySource)
+    if reading:
+        dataset.shard_size = shard_size
+        source = dataset.source if source is None else source
     metric_list, n_total, n = scoring.check_request(dataset, metrics, batch_size, shard_size, limit)
     scoring._seed_everything(seed, load_torch=False)
 
@@ -312,11 +552,13 @@ def score(
     if fingerprint is None:
         logger.warning("the input has no fingerprint; finished shards will be recomputed on a re-run")
         fingerprint = f"unfingerprinted-{time.time_ns()}"
-    base = dataset if n == n_total else dataset.select(range(n))
-    replaced = [c for m in metric_list for c in m.output_columns() if c in base.column_names]
-    if replaced:
-        logger.warning("replacing existing column(s) %s with new scores", ", ".join(replaced))
-        base = base.remove_columns(replaced)
+    base = None  # read from the workers' input shards at the end
+    if not reading:
+        base = dataset if n == n_total else dataset.select(range(n))
+        replaced = [c for m in metric_list for c in m.output_columns() if c in base.column_names]
+        if replaced:
+            logger.warning("replacing existing column(s) %s with new scores", ", ".join(replaced))
+            base = base.remove_columns(replaced)
 
     root = os.fspath(out_dir)
     files = _Files(root)
@@ -325,7 +567,11 @@ def score(
     row_metrics = [m for m in metric_list if is_row_metric(m)]
     ranges = [(start, min(start + shard_size, n)) for start in range(0, n, shard_size)]
     columns = _input_columns(dataset, row_metrics)
-    input_key = hashlib.sha256(f"{fingerprint}|{','.join(columns)}".encode()).hexdigest()[:16]
+    # the workers' shards hold every canonical column, the driver's only those the metrics read
+    what = f"rows{_READ_VERSION}" if reading else ",".join(columns)
+    input_key = hashlib.sha256(f"{fingerprint}|{what}".encode()).hexdigest()[:16]
+    input_dir = files.path(scoring.SHARD_DIR, INPUT_DIR)
+    input_stems = [f"{input_dir}/{input_key}/{_stem(a, b)}" for a, b in ranges]
     keys, todo = [], []
     for metric in row_metrics:
         key = scoring.shard_key(fingerprint, metric)
@@ -334,23 +580,29 @@ def score(
         files.mkdir(f"{metric_dir}/{key}")
         keys.append(key)
         todo.append([not _is_done(files, f"{metric_dir}/{key}/{_stem(a, b)}", a, b) for a, b in ranges])
-    shards_todo = [i for i in range(len(ranges)) if any(flags[i] for flags in todo)]
+    # reading: every shard's rows are needed for the final folder, even where all metrics are done (say, shards
+    # the local engine wrote)
+    to_read = [reading and not _is_done(files, stem, a, b) for stem, (a, b) in zip(input_stems, ranges)]
+    shards_todo = [i for i in range(len(ranges)) if to_read[i] or any(flags[i] for flags in todo)]
     n_reused = sum(len(ranges) - sum(flags) for flags in todo)
     if n_reused:
         logger.info("%d of %d metric shard(s) already done, skipped", n_reused, len(ranges) * len(row_metrics))
 
     if shards_todo:
-        input_dir = files.path(scoring.SHARD_DIR, INPUT_DIR)
         _clear_stale(files, input_dir, input_key, "input")
-        view = dataset.select_columns(columns).with_format("arrow")
+        files.mkdir(f"{input_dir}/{input_key}")
+        view = None if reading else dataset.select_columns(columns).with_format("arrow")
+        index_of_rows = dataset.index() if reading else None
         descriptors = []
         for i in shards_todo:
             start, end = ranges[i]
-            stem = f"{input_dir}/{input_key}/{_stem(start, end)}"
-            if not _is_done(files, stem, start, end):
+            stem = input_stems[i]
+            if not reading and not _is_done(files, stem, start, end):
                 files.write_table(stem + ".parquet", view[start:end])
                 _mark_done(files, stem, start, end, input_key)
             shard = {"start": start, "end": end, "input": stem + ".parquet", "failed": "", "message": ""}
+            shard["input_key"], shard["todo_read"] = input_key, to_read[i]
+            shard["read"] = index_of_rows.read_spec(start, end) if to_read[i] else ""
             for index, metric in enumerate(row_metrics):
                 shard[f"todo{index}"] = todo[index][i]
                 shard[f"out{index}"] = files.path(scoring.SHARD_DIR, metric.name, keys[index], _stem(start, end))
@@ -370,40 +622,69 @@ def score(
             cpus_per_actor=cpus_per_actor,
             is_model=lambda m: isinstance(m, ModelMetric),
             progress=progress,
+            read_options=_read_options(dataset) if any(to_read) else None,
         )
 
     row_parts = [_read_metric(files, metric, key, ranges) for metric, key in zip(row_metrics, keys)]
-    scored = concatenate_datasets([base, *row_parts], axis=1) if row_parts else base
-    for metric in metric_list:
-        if is_dataset_metric(metric):
-            scored = scoring._run_dataset_part(scored, metric)
-    elapsed = time.time() - started
-    manifest = scoring.build_manifest(
-        scored,
-        metric_list,
-        config={
-            "batch_size": batch_size,
-            "num_proc": num_proc,
-            "shard_size": shard_size,
-            "limit": limit,
-            "seed": seed,
-            "engine": "ray",
-        },
-        input_info={
-            "source": source,
-            "hub": scoring.loaded_from_hub(source),
-            "fingerprint": getattr(dataset, "_fingerprint", None),
-            "n_rows": n_total,
-            "n_scored": n,
-        },
-        seconds=elapsed,
-    )
-    manifest["ray"] = {
-        "n_shards": len(ranges) * len(row_metrics),
-        "n_shards_reused": n_reused,
-        "n_shards_computed": len(ranges) * len(row_metrics) - n_reused,
+    scratch = None
+    if reading:
+        for stem, (start, end) in zip(input_stems, ranges):
+            if not _is_done(files, stem, start, end):
+                raise DataError(f"input shard {stem} is missing after the run")
+        # beside the input shards when local (the same disk as the output), else a local temporary folder
+        scratch = files.path(scoring.SHARD_DIR, INPUT_DIR, input_key, "all") if files.local else tempfile.mkdtemp()
+    try:
+        if reading:
+            base = _rows_dataset(files, input_stems, scratch)
+        scored = concatenate_datasets([base, *row_parts], axis=1) if row_parts else base
+        for metric in metric_list:
+            if is_dataset_metric(metric):
+                scored = scoring._run_dataset_part(scored, metric)
+        elapsed = time.time() - started
+        manifest = scoring.build_manifest(
+            scored,
+            metric_list,
+            config={
+                "batch_size": batch_size,
+                "num_proc": num_proc,
+                "shard_size": shard_size,
+                "limit": limit,
+                "seed": seed,
+                "engine": "ray",
+            },
+            input_info={
+                "source": source,
+                "hub": scoring.loaded_from_hub(source),
+                "fingerprint": getattr(dataset, "_fingerprint", None),
+                "n_rows": n_total,
+                "n_scored": n,
+            },
+            seconds=elapsed,
+        )
+        manifest["ray"] = {
+            "n_shards": len(ranges) * len(row_metrics),
+            "n_shards_reused": n_reused,
+            "n_shards_computed": len(ranges) * len(row_metrics) - n_reused,
+        }
+        if reading:
+            manifest["ray"]["n_input_shards_read"] = sum(to_read)
+        return _finish(files, root, store, scored, manifest)
+    finally:
+        if scratch is not None:  # the returned dataset is the saved folder, not this copy of the rows
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _read_options(source: RaySource) -> dict:
+    """What every reading worker needs besides its shard: the plan's format, image roots and image rules."""
+    plan = source.plan()
+    return {
+        "source": plan.source.name,
+        "format": plan.format,
+        "image_roots": tuple(plan.image_roots),
+        "allow_outside_root": plan.allow_outside_root,
+        "image_limits": plan.image_limits,
+        "trusted_roots": tuple(plan.trusted_roots),
     }
-    return _finish(files, root, store, scored, manifest)
 
 
 def _run_pipeline(
@@ -421,8 +702,10 @@ def _run_pipeline(
     cpus_per_actor,
     is_model,
     progress,
+    read_options=None,
 ) -> None:
-    """One streaming Ray Data pipeline over the shards, one ``map_batches`` stage per row metric."""
+    """One streaming Ray Data pipeline over the shards: a reading stage (CPU tasks) when the rows come from a
+    source, then one ``map_batches`` stage per row metric."""
     from ray.data import ActorPoolStrategy, DataContext
 
     context = DataContext.get_current()
@@ -454,13 +737,18 @@ def _run_pipeline(
         )
     cheap = len(model_metrics) < len(row_metrics)
     actor_cpus = sum(actors.values()) * cpus_per_actor
-    if actor_cpus + (1 if cheap else 0) > cluster_cpus:
-        tasks = " + 1 for the cheap metrics' tasks" if cheap else ""
+    if actor_cpus + (1 if cheap or read_options else 0) > cluster_cpus:
+        kinds = [what for what, used in (("reading", read_options), ("the cheap metrics'", cheap)) if used]
+        tasks = f" + 1 for {' and '.join(kinds)} tasks" if kinds else ""
         raise ConfigError(
             f"the model metrics' actors need {actor_cpus:g} CPUs{tasks}, more than the cluster's {cluster_cpus:g} "
             "CPUs; lower concurrency or cpus_per_actor"
         )
     pipeline = ray.data.from_items(descriptors, override_num_blocks=len(descriptors))
+    if read_options is not None:
+        pipeline = pipeline.map_batches(
+            _read_stage, fn_kwargs={"root": root, "options": read_options}, batch_size=1, num_cpus=1
+        )
     for index, metric in enumerate(row_metrics):
         options = {
             "metric": metric,
@@ -646,4 +934,4 @@ def centroid_distance(X, centers, labels, *, rows_per_task: int | None = None) -
     return out
 
 
-__all__ = ["centroid_distance", "connect", "max_previous_similarity", "require_ray", "score"]
+__all__ = ["RaySource", "centroid_distance", "connect", "max_previous_similarity", "require_ray", "score"]

@@ -280,3 +280,108 @@ def test_engine_argument_errors(example, tmp_path):
         from selector.prototypes import semdedup
 
         semdedup(np.eye(3), np.zeros(3, dtype=int), engine="dask")
+
+
+# Reading the source per block on the workers ---------------------------------------------------------------------
+
+
+def _rows_of(ds) -> list[dict]:
+    """Every canonical column of every row, images as their stored bytes and paths."""
+    from datasets import Image
+
+    raw = ds.select_columns(["id", "image", "images", "messages", "error", "source"])
+    return raw.cast_column("image", Image(decode=False)).cast_column("images", [Image(decode=False)]).to_list()
+
+
+def test_ray_reads_the_source_per_block_without_the_local_loader(ray_cluster, example, tmp_path, monkeypatch):
+    import selector.data.load as load
+
+    metrics = ["length", WordsModel()]
+    local = selector.score(example, metrics, out_dir=tmp_path / "local", shard_size=16, progress=False)
+
+    def whole_source_read(*args, **kwargs):
+        raise AssertionError("the driver read the whole source with the local loader")
+
+    # the driver may plan the read and pass over the ids, but never materialise or check the rows itself
+    for name in ("load_with_report", "load_instructions", "_generate", "canonical_row"):
+        monkeypatch.setattr(load, name, whole_source_read)
+    out = tmp_path / "ray"
+    ray = selector.score(EXAMPLE, metrics, out_dir=out, shard_size=16, progress=False, **RAY_OPTIONS)
+    _assert_same(ray, local)
+    assert _rows_of(ray) == _rows_of(local)  # images, messages, sources too
+    assert ray["id"][61] == "photo-chelsea#1" and ray["id"][2] == "photo-chelsea"  # renamed across blocks
+    manifest = read_manifest(str(out))
+    assert manifest["input"]["fingerprint"] == read_manifest(str(tmp_path / "local"))["input"]["fingerprint"]
+    assert manifest["ray"]["n_input_shards_read"] == 4
+    assert not os.path.exists(out / ".shards/_input" / os.listdir(out / ".shards/_input")[0] / "all")
+
+    # a re-run reads nothing and scores nothing
+    again = selector.score(EXAMPLE, metrics, out_dir=out, shard_size=16, progress=False, **RAY_OPTIONS)
+    assert read_manifest(str(out))["ray"] == {
+        "n_shards": 8,
+        "n_shards_reused": 8,
+        "n_shards_computed": 0,
+        "n_input_shards_read": 0,
+    }
+    assert _rows_of(again) == _rows_of(local)
+
+
+def test_ray_cli_reads_sharded_parquet_and_jsonl_with_an_image_folder(ray_cluster, tmp_path):
+    from test_ray_read import _jsonl_source, _parquet_source
+
+    for name, make in (("parquet", _parquet_source), ("jsonl", _jsonl_source)):
+        source, images = make(tmp_path / name)
+        runs = {}
+        for engine in ("local", "ray"):
+            out = str(tmp_path / name / engine)
+            args = ["--quiet", "score", source, "--image-root", images, "--metrics", "length", "--out", out]
+            assert main([*args, "--shard-size", "5", "--engine", engine]) == 0
+            runs[engine] = load_scored(out)
+        _assert_same(runs["ray"], runs["local"])
+        assert _rows_of(runs["ray"]) == _rows_of(runs["local"])
+        ids = runs["ray"]["id"]
+        # fallback ids numbered across the Parquet shards, and an id repeated across them made unique
+        assert ("train-00002-of-00003:row9" in ids and "same#1" in ids) or ("train:line5" in ids and "dup#2" in ids)
+
+
+def test_resume_rereads_only_unfinished_input_shards(ray_cluster, tmp_path, monkeypatch):
+    from test_ray_read import _jsonl_source
+
+    from selector import ray_engine
+
+    source, images = _jsonl_source(tmp_path)
+    out = tmp_path / "run"
+    run = {"out_dir": out, "shard_size": 8, "progress": False, "engine": "ray"}
+    with monkeypatch.context() as patch:
+        patch.setattr(ray_engine, "_read_metric", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            selector.score(ray_engine.RaySource(source, image_root=images), "length", **run)
+    inputs = sorted(glob.glob(str(out / ".shards/_input/*/*.parquet")))
+    assert len(inputs) == 3
+    os.remove(inputs[1].replace(".parquet", ".done"))  # written, marker lost
+    before = {path: os.stat(path).st_mtime_ns for path in inputs}
+
+    resumed = selector.score(ray_engine.RaySource(source, image_root=images), "length", **run)
+    assert [path for path in inputs if os.stat(path).st_mtime_ns != before[path]] == [inputs[1]]
+    assert read_manifest(str(out))["ray"]["n_input_shards_read"] == 1
+    assert read_manifest(str(out))["ray"]["n_shards_reused"] == 3
+    # (a saved folder keeps image file names without their folders, so the local run saves one too)
+    local = selector.load_instructions(source, image_root=images)
+    local = selector.score(local, "length", out_dir=tmp_path / "local", shard_size=8, progress=False)
+    _assert_same(resumed, local)
+    assert _rows_of(resumed) == _rows_of(local)
+
+
+def test_ray_reads_only_the_blocks_a_limit_needs(ray_cluster, example, tmp_path, capsys):
+    out = str(tmp_path / "ray")
+    assert (
+        main(
+            ["--quiet", "score", EXAMPLE, "--metrics", "length", "--out", out, "--engine", "ray"]
+            + ["--limit", "20", "--shard-size", "16", "--json"]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert (report["n_rows"], report["n_scored"]) == (62, 20)
+    assert read_manifest(out)["ray"]["n_input_shards_read"] == 2
+    _assert_same(load_scored(out), selector.score(example, "length", limit=20, progress=False))

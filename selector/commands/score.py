@@ -83,6 +83,22 @@ def _load(args):
     )
 
 
+def _ray_source(args):
+    """With ``--engine ray`` the Ray workers read the source block by block (:class:`selector.ray_engine.RaySource`);
+    a ``save_to_disk`` folder is memory-mapped here as without Ray (it keeps its extra columns)."""
+    if os.path.isdir(args.source) and os.path.exists(os.path.join(args.source, "state.json")):
+        return _load(args)
+    from selector.ray_engine import RaySource
+
+    return RaySource(
+        args.source,
+        format=args.format,
+        image_root=args.image_root,
+        split=args.split,
+        allow_outside_root=args.allow_outside_root,
+    )
+
+
 def _metric_list(args) -> list:
     from metrics.registry import check_unique_names, get_metric, metrics_from_config, parse_metric_list
     from selector.errors import ConfigError
@@ -165,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir = args.out
         if args.overwrite:  # the earlier result stays in place until the new one is complete
             out_dir = stack.enter_context(start_afresh(args.out, source=args.source)).path
-        dataset = _load(args)
+        dataset = _ray_source(args) if args.engine == "ray" else _load(args)
         started = time.time()
         scored = score(
             dataset,
@@ -185,11 +201,14 @@ def run(args: argparse.Namespace) -> int:
     estimates = {}
     if args.limit:
         # Metrics that call paid or slow services (the LLM judge) estimate requests, tokens and cost themselves.
+        rows = dataset
         for metric in metric_list:
             if hasattr(metric, "estimate") and hasattr(metric, "format_estimate"):
+                if not hasattr(rows, "select"):  # a source the Ray workers read: the estimate reads all rows here
+                    rows = _load(args)
                 estimates[metric.name] = (
                     metric,
-                    metric.estimate(dataset, n_scored=len(scored), elapsed=manifest["seconds"]),
+                    metric.estimate(rows, n_scored=len(scored), elapsed=manifest["seconds"]),
                 )
     estimate = None
     if args.limit and args.limit < len(dataset):

@@ -19,6 +19,7 @@ format; ``read`` yields raw rows, usually built with :func:`record_reader`) and 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -82,7 +83,9 @@ class Format:
     name: str
     expects: str  # shown when detection fails: what a source of this format looks like
     sniff: Callable[[Probe], bool]
-    read: Callable[[tuple[str, ...], tuple[str, ...]], Iterator[RawRow]]  # (files, image_roots) -> rows
+    # (files, image_roots, piece=None, columns=None) -> rows; a Piece restricts the read to a run of one file's
+    # records, `columns` (a hint) to the fields a table read needs (the rows' ids need ID_FIELDS only)
+    read: Callable[..., Iterator[RawRow]]
     default_image_root: Callable[[str], list[str]]  # first data file -> image roots, first match wins
 
 
@@ -116,74 +119,174 @@ def read_json(path: str) -> Any:
         raise DataError(f"{path}: invalid JSON: nested too deeply to parse") from None
 
 
-def iter_jsonl(path: str) -> Iterator[tuple[int, Any, str | None]]:
+def jsonl_lines(path: str, start: int = 0, first_line: int = 1) -> Iterator[tuple[int, int, bytes]]:
+    """``(line_number, byte_offset, line)`` of each non-blank line (a JSONL record) from byte ``start`` on, where
+    the line numbered ``first_line`` begins."""
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        position = start
+        for number, line in enumerate(handle, start=first_line):
+            if line.strip():
+                yield number, position, line
+            position += len(line)
+
+
+def iter_jsonl(path: str, start: int = 0, first_line: int = 1) -> Iterator[tuple[int, Any, str | None]]:
     """Yield ``(line_number, record, error)`` for each non-blank line; a line that doesn't parse has
     ``record=None`` and an ``invalid_json`` error, so the row is kept and counted instead of lost.
 
+    ``start`` and ``first_line`` begin the read at a byte offset (a line start found by :func:`jsonl_lines`).
+
     This is the data loader's reader; :func:`selector.fileio.iter_jsonl` (vlselect's own files) fails on a bad
     line instead, because there a bad line means a broken file, not a bad row."""
-    with open(path, "rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(_decode(line)), None
-            except json.JSONDecodeError as exc:
-                yield number, None, f"invalid_json: {path} line {number} column {exc.colno}: {exc.msg}"
-            except RecursionError:
-                yield number, None, f"invalid_json: {path} line {number} is nested too deeply to parse"
+    for number, _, line in jsonl_lines(path, start, first_line):
+        try:
+            yield number, json.loads(_decode(line)), None
+        except json.JSONDecodeError as exc:
+            yield number, None, f"invalid_json: {path} line {number} column {exc.colno}: {exc.msg}"
+        except RecursionError:
+            yield number, None, f"invalid_json: {path} line {number} is nested too deeply to parse"
 
 
-def _arrow_batches(path: str) -> Iterator:
+def _window(batches: Iterator, skip: int, count: int | None) -> Iterator:
+    """The record batches' rows ``skip`` .. ``skip + count - 1`` (to the end when ``count`` is None)."""
+    for batch in batches:
+        if count is not None and count <= 0:
+            return
+        if skip >= batch.num_rows:
+            skip -= batch.num_rows
+            continue
+        batch = batch.slice(skip) if count is None else batch.slice(skip, count)
+        skip = 0
+        if count is not None:
+            count -= batch.num_rows
+        yield batch
+
+
+def _arrow_batches(path: str, first: int = 0, stop: int | None = None, columns=None) -> Iterator:
+    """Record batches of rows ``first`` .. ``stop - 1`` of a Parquet or Arrow file (only the fields of
+    ``columns`` the file has, when given)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    count = None if stop is None else stop - first
     try:
         if path.endswith(".parquet"):
             # pre_buffer=False: otherwise pyarrow reads ahead and holds many row groups; this way memory is
             # bounded by one row group.
-            yield from pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=_BATCH_ROWS)
+            parquet = pq.ParquetFile(path, pre_buffer=False)
+            names = None if columns is None else [c for c in columns if c in parquet.schema_arrow.names]
+            # only the row groups that hold the wanted rows are read
+            groups, skip, position = [], 0, 0
+            for index in range(parquet.metadata.num_row_groups):
+                n = parquet.metadata.row_group(index).num_rows
+                if position + n > first and (stop is None or position < stop):
+                    skip = first - position if not groups else skip
+                    groups.append(index)
+                position += n
+            batches = parquet.iter_batches(batch_size=_BATCH_ROWS, row_groups=groups, columns=names)
+            yield from _window(batches, skip, count)
             return
-        # `datasets` writes the IPC stream format; other tools write the file (random-access) format.
         with open(path, "rb") as handle:
-            try:
-                reader = pa.ipc.open_stream(handle)
-            except pa.ArrowInvalid:
-                handle.seek(0)
-                file_reader = pa.ipc.open_file(handle)
-                for index in range(file_reader.num_record_batches):
-                    batch = file_reader.get_batch(index)
-                    yield from pa.Table.from_batches([batch]).to_batches(max_chunksize=_BATCH_ROWS)
-                return
-            for batch in reader:
-                yield from pa.Table.from_batches([batch]).to_batches(max_chunksize=_BATCH_ROWS)
+            for batch in _window(_ipc_batches(handle), first, count):
+                yield batch if columns is None else batch.select([c for c in columns if c in batch.schema.names])
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{path}: can't be read as {os.path.splitext(path)[1][1:]} ({exc})") from None
 
 
-def iter_records(files: tuple[str, ...] | list[str]) -> Iterator[tuple[str, str, Any, str | None]]:
+def _ipc_batches(handle) -> Iterator:
+    import pyarrow as pa
+
+    # `datasets` writes the IPC stream format; other tools write the file (random-access) format.
+    try:
+        reader = pa.ipc.open_stream(handle)
+    except pa.ArrowInvalid:
+        handle.seek(0)
+        file_reader = pa.ipc.open_file(handle)
+        for index in range(file_reader.num_record_batches):
+            batch = file_reader.get_batch(index)
+            yield from pa.Table.from_batches([batch]).to_batches(max_chunksize=_BATCH_ROWS)
+        return
+    for batch in reader:
+        yield from pa.Table.from_batches([batch]).to_batches(max_chunksize=_BATCH_ROWS)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Records ``first`` .. ``stop - 1`` of one data file (0-based; blank JSONL lines are not records): what one
+    block of a distributed read covers (the Ray engine). A piece's rows, fallback ids included, are the rows a read
+    of the whole source gives at those positions.
+
+    Attributes:
+        path: the data file.
+        first, stop: the records' range in the file (``stop`` None: to the end).
+        offset: records in the source's earlier files that count towards ``row<i>`` labels (see
+            :func:`next_offset`).
+        byte_start, line_start: JSONL only: where record ``first`` starts (:func:`jsonl_lines`) and its line
+            number, so the reader seeks instead of parsing the records before it; None reads from the start.
+    """
+
+    path: str
+    first: int = 0
+    stop: int | None = None
+    offset: int = 0
+    byte_start: int | None = None
+    line_start: int = 1
+
+
+def next_offset(path: str, offset: int, n_records: int) -> int:
+    """The ``row<i>`` label offset after a file of ``n_records`` records: JSON lists and tables count across
+    files; JSONL records are labelled by their line instead."""
+    return offset if path.endswith(".jsonl") else offset + n_records
+
+
+def _json_rows(path: str) -> list:
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of rows, got a JSON {type(data).__name__}")
+    return data
+
+
+def _piece_records(piece: Piece, columns=None) -> Iterator[tuple[str, str, Any, str | None]]:
+    path = piece.path
+    stem = os.path.splitext(os.path.basename(path))[0]
+    count = None if piece.stop is None else piece.stop - piece.first
+    if path.endswith(".jsonl"):
+        if piece.byte_start is None:
+            lines = itertools.islice(iter_jsonl(path), piece.first, piece.stop)
+        else:
+            lines = itertools.islice(iter_jsonl(path, piece.byte_start, piece.line_start), count)
+        for number, record, error in lines:
+            yield stem, f"line{number}", record, error
+        return
+    if path.endswith(TABLE_SUFFIXES):
+        batches = _arrow_batches(path, piece.first, piece.stop, columns)
+        records = (record for batch in batches for record in batch.to_pylist())
+    else:
+        records = iter(_json_rows(path)[piece.first : piece.stop])
+    for position, record in enumerate(records, start=piece.offset + piece.first):
+        yield stem, f"row{position}", record, None
+
+
+def iter_records(
+    files: tuple[str, ...] | list[str], piece: Piece | None = None, columns=None
+) -> Iterator[tuple[str, str, Any, str | None]]:
     """Records of one or more data files as ``(file stem, position label, record, error)``, read lazily.
 
     Position labels are ``row<i>`` (JSON list, Parquet, Arrow; counted over all files) or ``line<n>`` (JSONL).
+    ``piece`` reads only that run of one file's records, with the labels a read of all ``files`` gives them;
+    ``columns`` reads only those fields of a Parquet or Arrow record (a JSON record is always whole).
     """
+    if piece is not None:
+        yield from _piece_records(piece, columns)
+        return
     offset = 0
     for path in files:
-        stem = os.path.splitext(os.path.basename(path))[0]
-        if path.endswith(".jsonl"):
-            for number, record, error in iter_jsonl(path):
-                yield stem, f"line{number}", record, error
-        elif path.endswith(TABLE_SUFFIXES):
-            for batch in _arrow_batches(path):
-                for record in batch.to_pylist():
-                    yield stem, f"row{offset}", record, None
-                    offset += 1
-        else:
-            data = read_json(path)
-            if not isinstance(data, list):
-                raise DataError(f"{path}: expected a JSON list of rows, got a JSON {type(data).__name__}")
-            for record in data:
-                yield stem, f"row{offset}", record, None
-                offset += 1
+        n_records = 0
+        for item in _piece_records(Piece(path, offset=offset), columns):
+            n_records += 1
+            yield item
+        offset = next_offset(path, offset, n_records)
 
 
 _PROBE_ROWS = 20
@@ -212,8 +315,8 @@ def record_reader(
 ) -> Callable[[tuple[str, ...], tuple[str, ...]], Iterator[RawRow]]:
     """A format's ``read`` from a function that turns one record (a dict) and its fallback id into a RawRow."""
 
-    def read(files: tuple[str, ...], image_roots: tuple[str, ...]) -> Iterator[RawRow]:
-        for stem, position, record, error in iter_records(files):
+    def read(files: tuple[str, ...], image_roots: tuple[str, ...], piece=None, columns=None) -> Iterator[RawRow]:
+        for stem, position, record, error in iter_records(files, piece, columns):
             fallback = f"{stem}:{position}"
             if error is not None:
                 yield RawRow(id=fallback, errors=[error])
@@ -223,6 +326,11 @@ def record_reader(
                 yield convert(record, fallback)
 
     return read
+
+
+#: The fields of a record its id depends on (with its position, for the fallback id): a read for ids only needs
+#: these (the Ray engine's driver reads only them of a Parquet or Arrow source).
+ID_FIELDS = ("id",)
 
 
 def _record_id(record: dict, fallback: str) -> str:
@@ -425,14 +533,18 @@ def _sniff_minigpt4(probe: Probe) -> bool:
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
-def _read_minigpt4(files: tuple[str, ...], image_roots: tuple[str, ...]) -> Iterator[RawRow]:
-    path = files[0]
+def _read_minigpt4(
+    files: tuple[str, ...], image_roots: tuple[str, ...], piece: Piece | None = None, columns=None
+) -> Iterator[RawRow]:
+    # `columns` is only a hint for tables; filter_cap.json is read whole
+    path = files[0] if piece is None else piece.path
     data = read_json(path)
     annotations = data.get("annotations") if isinstance(data, dict) else None
     if not isinstance(annotations, list):
         raise DataError(f"{path}: expected an object with an 'annotations' list (MiniGPT-4 filter_cap.json)")
     roots = image_roots or tuple(_minigpt4_image_root(path))
-    for index, item in enumerate(annotations):
+    first, stop = (0, None) if piece is None else (piece.first, piece.stop)
+    for index, item in enumerate(annotations[first:stop], start=first):
         if not isinstance(item, dict) or item.get("image_id") in (None, ""):
             yield RawRow(id=f"annotation{index}", errors=["bad_row: annotation without an 'image_id'"])
             continue

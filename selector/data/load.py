@@ -129,7 +129,7 @@ def canonical_row(
         content, repaired = _repair_text(turn["content"])
         bad_text |= repaired
         messages.append({"role": turn["role"], "content": content})
-    row_id, repaired = _repair_text(raw.id or "")
+    row_id, repaired = _repair_text(raw.id or "")  # canonical_id's rule, keeping whether text was repaired
     bad_text |= repaired
     if bad_text:
         errors.append("invalid_utf8: the text had bytes that are not UTF-8; they were replaced by U+FFFD")
@@ -184,9 +184,42 @@ def canonical_row(
     }
 
 
+def canonical_id(raw: RawRow) -> str:
+    """The id :func:`canonical_row` gives an adapter row (before duplicates are made unique)."""
+    return _repair_text(raw.id or "")[0]
+
+
 def _id_key(row_id: str) -> bytes:
     # 8-byte digests instead of the ids themselves keep the memory for uniqueness small on huge sources.
     return hashlib.blake2b(row_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+
+
+class UniqueIds:
+    """Makes ids unique in reading order, the loader's rule: a repeated ``a`` becomes ``a#1``, then ``a#2``, ...
+    (skipping any ``a#k`` already taken). Keeps an 8-byte digest per id, not the ids.
+
+    Example:
+        >>> unique = UniqueIds()
+        >>> [unique(i) for i in ["a", "b", "a"]]
+        ['a', 'b', 'a#1']
+    """
+
+    def __init__(self) -> None:
+        self._seen: set[bytes] = set()
+        self._suffixes: Counter[str] = Counter()
+
+    def __call__(self, row_id: str) -> str:
+        unique = row_id
+        key = _id_key(unique)
+        while key in self._seen:
+            self._suffixes[row_id] += 1
+            unique = f"{row_id}#{self._suffixes[row_id]}"
+            key = _id_key(unique)
+        self._seen.add(key)
+        return unique
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
 
 def _generate(
@@ -202,8 +235,7 @@ def _generate(
     # Tuples, not lists: datasets treats list-valued gen_kwargs as shards and would split them.
     from selector.logs import progress
 
-    seen: set[bytes] = set()
-    suffixes: Counter[str] = Counter()
+    unique = UniqueIds()
     reader = FORMATS[format].read(files, image_roots)
     name = os.path.basename(files[0]) + (f" (+{len(files) - 1} files)" if len(files) > 1 else "")
     for raw in progress(reader, desc=f"Reading {name}", unit=" rows"):
@@ -214,16 +246,9 @@ def _generate(
             image_limits=image_limits,
             trusted_roots=trusted_roots,
         )
-        original = unique = row["id"]
-        key = _id_key(unique)
-        while key in seen:
-            suffixes[original] += 1
-            unique = f"{original}#{suffixes[original]}"
-            key = _id_key(unique)
-        seen.add(key)
-        row["id"] = unique
+        row["id"] = unique(row["id"])
         yield row
-    if not seen:
+    if not unique:
         raise DataError(f"{files[0]}: the dataset has no rows")
 
 
@@ -537,6 +562,8 @@ def load_instructions(
 
 __all__ = [
     "LoadReport",
+    "UniqueIds",
+    "canonical_id",
     "canonical_row",
     "load_instructions",
     "load_with_report",

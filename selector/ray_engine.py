@@ -538,6 +538,12 @@ def score(
 
     if out_dir is None:
         raise ConfigError("the Ray engine writes resumable shards: give out_dir (a folder or an s3:// URI)")
+    if "://" in os.fspath(out_dir) and "?" in os.fspath(out_dir):
+        # pyarrow would take them (from_uri), but the final save_to_disk goes through fsspec, which does not
+        raise ConfigError(
+            f"out_dir {os.fspath(out_dir)}: put the object store's options in the environment, not the URI (for an "
+            "S3-compatible server: AWS_ENDPOINT_URL=http://HOST:PORT, on every node)"
+        )
     ray = require_ray()
     if isinstance(dataset, (str, os.PathLike)):
         dataset = RaySource(dataset)

@@ -24,7 +24,18 @@ SELECTION_ROWS = "selection_rows.parquet"
 
 
 def read_manifest(folder: str) -> dict[str, Any]:
-    """The ``manifest.json`` of a run folder, or ``{}`` when there is none."""
+    """The ``manifest.json`` of a run folder, or ``{}`` when there is none. ``folder`` may be a URI
+    (``s3://bucket/run``, read through fsspec), where the Ray engine writes."""
+    if "://" in os.fspath(folder):
+        import json
+
+        import fsspec
+
+        try:
+            with fsspec.open(f"{os.fspath(folder).rstrip('/')}/{MANIFEST}", "rb") as handle:
+                return json.loads(handle.read())
+        except FileNotFoundError:
+            return {}
     path = os.path.join(folder, MANIFEST)
     if not os.path.exists(path):
         return {}
@@ -61,10 +72,12 @@ def read_selection_rows(folder: str) -> dict[str, Any] | None:
 
 
 def load_scored(path: str):
-    """Load a ``save_to_disk`` folder as a ``datasets.Dataset``."""
-    if not os.path.isdir(path):
+    """Load a ``save_to_disk`` folder (or a URI such as ``s3://bucket/run``, read through fsspec) as a
+    ``datasets.Dataset``."""
+    remote = "://" in path  # where the Ray engine may write; load_from_disk names what is missing there
+    if not remote and not os.path.isdir(path):
         raise DataError(f"{path}: no such folder (expected the --out folder of `vlselect score`)")
-    if not os.path.exists(os.path.join(path, "state.json")):
+    if not remote and not os.path.exists(os.path.join(path, "state.json")):
         raise DataError(f"{path}: not a save_to_disk dataset folder (expected the --out folder of `vlselect score`)")
     from datasets import Dataset, load_from_disk
 
@@ -117,7 +130,7 @@ def write_selection(
         "command": "select",
         "vlselect_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "input": os.path.abspath(scored_dir) if scored_dir else None,
+        "input": (scored_dir if "://" in scored_dir else os.path.abspath(scored_dir)) if scored_dir else None,
         "input_fingerprint": (input_manifest.get("input") or {}).get("fingerprint"),
         "strategy": selection.strategy,
         "budget": selection.budget,

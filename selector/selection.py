@@ -5,10 +5,10 @@ Public API::
 
     select(ds, budget, strategy, *, embedding_column=None, score_column=None, cluster_column=None,
            stratify_column=None, scores=None, filters=None, dedup_column=None, dedup_eps=0.05,
-           dedup_n_clusters=None, id_column="id", random_state=0, **options) -> Selection
+           dedup_n_clusters=None, dedup_engine="local", id_column="id", random_state=0, **options) -> Selection
     select_arrays(embeddings, budget, strategy, *, scores=None, ids=None, errors=None, clusters=None,
                   strata=None, filters=None, columns=None, dedup_embeddings=None, dedup_eps=0.05,
-                  dedup_n_clusters=None, random_state=0, **options) -> Selection
+                  dedup_n_clusters=None, dedup_engine="local", random_state=0, **options) -> Selection
     select_dataset(ds, selection, keep_rejected=False) -> datasets.Dataset
 
 ``budget`` is read by :func:`selector.rows.parse_budget`: an int count, a whole float (``200.0`` is 200 rows), a
@@ -38,9 +38,11 @@ Policies, applied once by the wrapper for every strategy (built-in or plugged in
    is kept and the others get ``dedup:dup_of=<kept id> cos=<cosine to it>``. By default every eligible row is
    compared with every other (exact; cost ``O(n^2 d)`` in blocks of bounded memory, fine to ~10^5 rows);
    ``dedup_n_clusters=k`` first splits them with spherical k-means, as the SemDeDup paper does, and compares only
-   inside a cluster. Rows whose dedup embedding is missing (NaN, zero) take no part: they are neither removed
-   nor anyone's duplicate. Duplicates across strata are duplicates too: dedup runs on the whole pool. The result
-   is in ``Selection.dedup_report``; without ``dedup_column`` nothing changes;
+   inside a cluster. ``dedup_engine="ray"`` runs the per-cluster comparisons as Ray tasks, the path of the
+   ``semdedup`` strategy's ``engine="ray"`` (:func:`selector.ray_engine.max_previous_similarity`; the k-means split
+   stays on this machine), with the same result. Rows whose dedup embedding is missing (NaN, zero) take no part:
+   they are neither removed nor anyone's duplicate. Duplicates across strata are duplicates too: dedup runs on the
+   whole pool. The result is in ``Selection.dedup_report``; without ``dedup_column`` nothing changes;
 5. strata: strategies see the eligible rows ordered by a stable hash of ``id`` (blake2b), so k-means
    initialisation and sampling, and hence the selection, do not depend on the input row order; the same
    ``random_state`` gives the same selection; ties break by ``id`` (strategies get each row's lexicographic id
@@ -223,6 +225,7 @@ def select_arrays(
     dedup_embeddings=None,
     dedup_eps: float = DEFAULT_DEDUP_EPS,
     dedup_n_clusters: int | None = None,
+    dedup_engine: str = "local",
     random_state: int | None = 0,
     **options,
 ) -> Selection:
@@ -247,6 +250,7 @@ def select_arrays(
         dedup_eps: dedup threshold: a row whose cosine similarity to a better-ranked row exceeds
             ``1 - dedup_eps`` is a duplicate, in [0, 2].
         dedup_n_clusters: None compares every pair of eligible rows; k splits them by spherical k-means first.
+        dedup_engine: ``"local"`` (threads), or ``"ray"``: the dedup comparisons as Ray tasks, same result.
         random_state: int seed (None reads as 0); same seed -> same selection.
         **options: strategy options (see :func:`selector.strategies.strategy_options`).
 
@@ -273,7 +277,7 @@ def select_arrays(
     if dedup_embeddings is not None:
         parts = list(dedup_embeddings) if isinstance(dedup_embeddings, (list, tuple)) else [dedup_embeddings]
         names = [f"dedup_embeddings[{i}]" for i in range(len(parts))] if len(parts) > 1 else ["dedup_embeddings"]
-        dedup = _DedupSpec(names, parts, dedup_eps, dedup_n_clusters)
+        dedup = _DedupSpec(names, parts, dedup_eps, dedup_n_clusters, dedup_engine)
     return _select_core(
         n=n,
         budget=budget,
@@ -311,6 +315,7 @@ def select(
     dedup_column: str | list[str] | None = None,
     dedup_eps: float = DEFAULT_DEDUP_EPS,
     dedup_n_clusters: int | None = None,
+    dedup_engine: str = "local",
     id_column: str = "id",
     random_state: int | None = 0,
     **options,
@@ -340,6 +345,8 @@ def select(
         dedup_eps: near-duplicate threshold: cosine similarity above ``1 - dedup_eps`` (default 0.05).
         dedup_n_clusters: None compares all eligible rows pairwise (exact); k compares only inside the clusters
             of a spherical k-means, for pools too large for that.
+        dedup_engine: ``"local"`` (threads), or ``"ray"``: the per-cluster comparisons run as Ray tasks on the
+            cluster this process is connected to (``RAY_ADDRESS``, else a local Ray), same result.
         id_column: unique row ids.
         random_state: seed.
         **options: strategy options (``n_clusters``, ``eps``, ``keep``, ...; see
@@ -386,7 +393,11 @@ def select(
         dedup_columns = _as_column_list(dedup_column)
         # read lazily: the request (eps, budget, strategy) is checked before the vectors are loaded.
         dedup = _DedupSpec(
-            dedup_columns, [lambda c=c: embedding_matrix(ds, c) for c in dedup_columns], dedup_eps, dedup_n_clusters
+            dedup_columns,
+            [lambda c=c: embedding_matrix(ds, c) for c in dedup_columns],
+            dedup_eps,
+            dedup_n_clusters,
+            dedup_engine,
         )
     return _select_core(
         n=n,
@@ -669,12 +680,13 @@ def _apply_filters(pool: _Pool, rules: list, data) -> dict:
 @dataclass
 class _DedupSpec:
     """The dedup step's request: column names (for reasons and reports), per-column (n, d) matrices or callables
-    returning them (read only once the request is checked), threshold and optional k-means split."""
+    returning them (read only once the request is checked), threshold, optional k-means split and engine."""
 
     names: list[str]
     parts: list
     eps: Any
     n_clusters: Any
+    engine: Any = "local"
 
     def check(self) -> None:
         if not self.names:
@@ -687,6 +699,12 @@ class _DedupSpec:
         k = self.n_clusters
         if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
             raise ConfigError(f"dedup_n_clusters must be a positive integer or None, got {k!r}")
+        from selector.prototypes import _use_ray
+
+        if _use_ray(self.engine):  # a missing extra is one line now, not after the vectors are read
+            from selector.ray_engine import require_ray
+
+            require_ray()
 
     def matrix(self, n: int) -> np.ndarray:
         """(n, D) float32: each part L2-normalised, concatenated, normalised again; NaN rows where any part is
@@ -729,6 +747,7 @@ def _apply_dedup(pool: _Pool, spec: _DedupSpec, seed: int, score_name: str | Non
         "columns": list(spec.names),
         "eps": float(spec.eps),
         "n_clusters": None if spec.n_clusters is None else int(spec.n_clusters),
+        "engine": spec.engine,
         "keep_by": f"{score_name} (highest), then id" if pool.scores is not None else "id",
         "n_compared": int(rows.size),
         "n_missing": int((pool.eligible & ~present).sum()),
@@ -745,7 +764,7 @@ def _apply_dedup(pool: _Pool, spec: _DedupSpec, seed: int, score_name: str | Non
         k = min(int(spec.n_clusters), rows.size)
         labels = KMeans(n_clusters=k, spherical=True, random_state=seed).fit(Xr).labels_
     priority = None if pool.scores is None else pool.scores[rows]
-    result = semdedup(Xr, labels, float(spec.eps), priority=priority, tie_rank=pool.tie_rank[rows])
+    result = semdedup(Xr, labels, float(spec.eps), priority=priority, tie_rank=pool.tie_rank[rows], engine=spec.engine)
     kept_of = result.dup_of[0]
     removed = np.flatnonzero(~result.keep[0])
     reasons = np.empty(pool.n, dtype=object)

@@ -255,6 +255,58 @@ def test_semdedup_on_ray_equals_local(ray_cluster, monkeypatch):
     assert list(a.reason) == list(b.reason)
 
 
+def test_dedup_step_on_ray_equals_local(ray_cluster, tmp_path, monkeypatch):
+    from datasets import Dataset
+
+    from selector import ray_engine
+    from selector.pipeline import PipelineConfig, select_scored
+    from selector.selection import select
+
+    monkeypatch.setattr(ray_engine, "ROWS_PER_TASK", 60)  # several tasks, small clusters sharing one
+    calls = []
+    ray_pass = ray_engine.max_previous_similarity
+    monkeypatch.setattr(ray_engine, "max_previous_similarity", lambda *a, **k: calls.append(1) or ray_pass(*a, **k))
+    X = _near_duplicates()
+    n = X.shape[0]
+    score = np.random.default_rng(4).random(n)
+    score[::17] = np.nan  # NaN ranks last in the keep order
+    ds = Dataset.from_dict(
+        {
+            "id": [f"r{i:03d}" for i in range(n)],
+            "error": ["corrupt_image" if i % 50 == 7 else None for i in range(n)],
+            "emb_x": X.tolist(),
+            "score_q": score.tolist(),
+        }
+    )
+    run = {"score_column": "score_q", "dedup_column": "emb_x", "dedup_eps": 0.05}
+    for n_clusters in (None, 5):  # one cluster of all rows; a k-means split into several
+        local = select(ds, 250, "topk", **run, dedup_n_clusters=n_clusters)
+        ray = select(ds, 250, "topk", **run, dedup_n_clusters=n_clusters, dedup_engine="ray")
+        np.testing.assert_array_equal(ray.mask, local.mask)
+        np.testing.assert_array_equal(ray.rank, local.rank)
+        assert list(ray.reason) == list(local.reason)
+        assert ray.dedup_report == {**local.dedup_report, "engine": "ray"}
+        assert local.dedup_report["n_duplicates"] > 0
+    assert len(calls) == 2
+
+    # `vlselect run`'s dedup block and `vlselect select --dedup-engine` take the same path
+    dedup = {"columns": "emb_x", "engine": "ray"}
+    config = PipelineConfig(source="x", out=str(tmp_path / "run"), strategy="topk:score_q", budget=250, dedup=dedup)
+    assert config.dedup == {"columns": ["emb_x"], "eps": 0.05, "n_clusters": None, "engine": "ray"}
+    assert list(select_scored(ds, config).reason) == list(select(ds, 250, "topk", **run).reason)
+    assert len(calls) == 3
+    ds.save_to_disk(str(tmp_path / "scored"))
+    picked = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        args = ["--quiet", "select", str(tmp_path / "scored"), "--strategy", "topk:score_q", "--budget", "250"]
+        assert main([*args, "--out", str(out), "--dedup-column", "emb_x", "--dedup-engine", engine]) == 0
+        picked[engine] = load_scored(str(out))["id"]
+    assert picked["ray"] == picked["local"] and len(calls) == 4
+    with pytest.raises(ConfigError, match="engine must be 'local' or 'ray'"):
+        select(ds, 250, "topk", **run, dedup_engine="dask")
+
+
 def test_without_ray_engine_ray_is_a_one_line_error_naming_the_extra(tmp_path, monkeypatch, capsys, example):
     # an import of a module mapped to None raises ImportError, as if Ray were not installed
     monkeypatch.setitem(sys.modules, "ray", None)
@@ -266,6 +318,9 @@ def test_without_ray_engine_ray_is_a_one_line_error_naming_the_extra(tmp_path, m
     assert not os.path.exists(tmp_path / "out")
     with pytest.raises(MissingDependencyError, match=r"vlselect\[ray\]"):
         selector.score(example, "length", engine="ray", out_dir=tmp_path / "api")
+    # the dedup step asks for Ray before it reads any vector
+    with pytest.raises(MissingDependencyError, match=r"vlselect\[ray\]"):
+        selector.select_arrays(None, 1, "random", ids=["a", "b"], dedup_embeddings=np.eye(2), dedup_engine="ray")
 
 
 def test_engine_argument_errors(example, tmp_path):

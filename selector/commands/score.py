@@ -179,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
     metric_list = _metric_list(args)
     with contextlib.ExitStack() as stack:
         out_dir = args.out
+        if args.overwrite and "://" in args.out:  # start_afresh stages and swaps local folders only
+            raise ConfigError("--overwrite works on a local --out folder; delete the URI's objects to start afresh")
         if args.overwrite:  # the earlier result stays in place until the new one is complete
             out_dir = stack.enter_context(start_afresh(args.out, source=args.source)).path
         dataset = _ray_source(args) if args.engine == "ray" else _load(args)
@@ -218,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(
             {
-                "out": os.path.abspath(args.out),
+                "out": args.out if "://" in args.out else os.path.abspath(args.out),
                 "n_rows": len(dataset),
                 "n_scored": len(scored),
                 "seconds": elapsed,

@@ -103,6 +103,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="K",
         help="compare rows only inside K spherical k-means clusters (for large pools; default: all pairs)",
     )
+    parser.add_argument(
+        "--dedup-engine",
+        choices=("local", "ray"),
+        default="local",
+        help="ray: run the dedup comparisons as Ray tasks on the cluster RAY_ADDRESS names (else a local Ray); "
+        "same result (default local)",
+    )
     parser.add_argument("--cluster-column", default=None, help="cluster_* column with precomputed clusters")
     parser.add_argument("--stratify-column", default=None, help="apply quotas per value of this column (e.g. source)")
     add_option_argument(parser, "--set n_clusters=50 -o keep=easy")
@@ -189,6 +196,7 @@ def select_kwargs(args: argparse.Namespace, dataset) -> dict:
         "dedup_column": dedup_columns or None,
         "dedup_eps": getattr(args, "dedup_eps", 0.05),
         "dedup_n_clusters": getattr(args, "dedup_n_clusters", None),
+        "dedup_engine": getattr(args, "dedup_engine", "local"),
         "random_state": args.seed,
         **parse_options(args.option),
     }

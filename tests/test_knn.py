@@ -88,3 +88,57 @@ def test_permuted_rows_give_the_permuted_graph():
 def test_bad_input_is_a_clear_error(X, kwargs, error, match):
     with pytest.raises(error, match=match):
         knn_graph(X, **{"n_neighbors": 3, **kwargs})
+
+
+@pytest.mark.parametrize("n_jobs", [1, 3])
+def test_tiled_exact_search_is_scikit_learns_across_tiles(monkeypatch, n_jobs):
+    from sklearn.neighbors import kneighbors_graph
+
+    from selector import knn
+
+    # 8-row tiles over 203 rows: 26 tile rows, a last tile 3 rows wide (narrower than k), off-diagonal tiles
+    # feeding both their rows and their columns.
+    monkeypatch.setattr(knn, "_EXACT_TILE", 8)
+    X = blobs(203, 5, spread=2.0)
+    ours = knn_graph(X, 7, method="exact", n_jobs=n_jobs)
+    assert (ours != kneighbors_graph(X, 7, include_self=True)).nnz == 0
+
+
+def test_exact_search_falls_back_to_row_blocks_when_candidates_would_not_fit(monkeypatch):
+    from selector import knn
+
+    X = blobs(300, 4, spread=2.0)
+    tiled = knn_graph(X, 6, method="exact")
+    monkeypatch.setattr(knn, "_CANDIDATE_BYTES", 0)
+    monkeypatch.setattr(knn, "_QUERY_BLOCK", 64)
+    assert (knn_graph(X, 6, method="exact", n_jobs=2) != tiled).nnz == 0
+
+
+@pytest.mark.parametrize("n_jobs", [0, -1, 1.5, True])
+def test_bad_n_jobs_is_a_config_error(n_jobs):
+    with pytest.raises(ConfigError, match="n_jobs"):
+        knn_graph(blobs(20, 2), 3, n_jobs=n_jobs)
+
+
+def test_tiles_run_with_single_threaded_kernels(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    from selector import knn
+
+    seen = []
+    real = knn._tile_topk
+
+    def spy(score, k, offset):
+        seen.append(max(info["num_threads"] for info in threadpool_info()))
+        return real(score, k, offset)
+
+    monkeypatch.setattr(knn, "_tile_topk", spy)
+    monkeypatch.setattr(knn, "_EXACT_TILE", 64)
+    knn_graph(blobs(200, 3), 5, method="exact", n_jobs=2)
+    assert seen and max(seen) == 1
+
+
+def test_ivf_graph_does_not_depend_on_n_jobs():
+    X = blobs(3000, 10, d=16, spread=1.0)
+    one = knn_graph(X, 8, method="ivf", random_state=0, n_jobs=1)
+    assert (knn_graph(X, 8, method="ivf", random_state=0, n_jobs=3) != one).nnz == 0

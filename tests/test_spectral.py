@@ -115,6 +115,46 @@ def test_ivf_clusters_like_exact():
     assert adjusted_rand_score(y, sc.labels_) > 0.99
 
 
+@pytest.mark.parametrize("n_rows", [600, 2000])
+def test_eigensolver_and_kmeans_threads(monkeypatch, n_rows):
+    # Up to _ITERATIVE_BLOCK_MAX_ROWS the eigensolver and k-means run single-threaded (a BLAS/OpenMP team in small
+    # dense products stalls on a busy machine); above it they may use every thread.
+    from threadpoolctl import threadpool_info
+
+    import selector.cluster
+
+    monkeypatch.setattr(spectral, "_ITERATIVE_BLOCK_MAX_ROWS", 1000)
+    seen = {}
+    real_embedding, real_fit = spectral.spectral_embedding, selector.cluster.KMeans.fit_predict
+
+    def threads():
+        return max(info["num_threads"] for info in threadpool_info())
+
+    def embedding(*args, **kwargs):
+        seen["eigen"] = threads()
+        return real_embedding(*args, **kwargs)
+
+    def fit_predict(self, *args, **kwargs):
+        seen["kmeans"] = threads()
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(spectral, "spectral_embedding", embedding)
+    monkeypatch.setattr(selector.cluster.KMeans, "fit_predict", fit_predict)
+    X, _ = blobs(n_rows, 4)
+    SpectralClustering(n_clusters=4, random_state=0, n_jobs=2).fit(X)
+    expected = 1 if n_rows <= 1000 else min(2, threads())
+    assert seen == {"eigen": expected, "kmeans": expected}
+
+
+def test_labels_do_not_depend_on_n_jobs(monkeypatch):
+    monkeypatch.setattr(knn, "_EXACT_TILE", 128)
+    X, _ = touching_blobs(900)
+    one = SpectralClustering(n_clusters=3, random_state=0, n_jobs=1).fit(X)
+    two = SpectralClustering(n_clusters=3, random_state=0, n_jobs=2).fit(X)
+    np.testing.assert_array_equal(one.labels_, two.labels_)
+    assert (one.affinity_matrix_ != two.affinity_matrix_).nnz == 0
+
+
 def test_auto_knn_switches_to_approximate_above_threshold(monkeypatch):
     monkeypatch.setattr(knn, "_EXACT_KNN_MAX_ROWS", 500)
     X, y = blobs(800, 4)
@@ -205,6 +245,7 @@ def test_more_components_than_clusters_warns(caplog):
         (np.ones((5, 2)), {"n_clusters": 2, "n_components": 9}, ConfigError, "n_components"),
         (np.ones((5, 2)), {"n_clusters": 2, "n_probe": 0}, ConfigError, "n_probe"),
         (np.ones((5, 2)), {"n_clusters": 2, "n_init": 0}, ConfigError, "n_init"),
+        (np.ones((5, 2)), {"n_clusters": 2, "n_jobs": 0}, ConfigError, "n_jobs"),
     ],
 )
 def test_bad_input_is_a_clear_error(X, params, error, match):

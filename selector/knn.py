@@ -35,8 +35,8 @@ from scipy import sparse
 from sklearn.utils import check_random_state
 
 from selector.cluster import cluster_sums, validate_rows
+from selector.cpus import resolve_n_jobs
 from selector.errors import ConfigError, DataError, require
-from selector.prototypes import _n_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -328,7 +328,7 @@ def _rowwise_exact_knn(X: np.ndarray, k: int, sqnorms: np.ndarray, n_jobs: int |
 
 def _run_threads(work, items: list, n_jobs: int | None, *, desc: str) -> None:
     """``work(item)`` for every item on ``n_jobs`` threads with single-threaded kernels inside, with a bar."""
-    jobs = min(_n_jobs(n_jobs), max(1, len(items)))
+    jobs = min(resolve_n_jobs(n_jobs), max(1, len(items)))
     bar = _progress(None, total=len(items), desc=desc, unit="tile")
     with single_threaded_kernels():
         if jobs == 1:
@@ -392,7 +392,7 @@ def knn_graph(
         raise ConfigError(f"n_neighbors={n_neighbors} exceeds the number of rows ({n})")
     if not isinstance(n_probe, (int, np.integer)) or n_probe < 1:
         raise ConfigError(f"n_probe must be a positive integer, got {n_probe!r}")
-    _n_jobs(n_jobs)
+    resolve_n_jobs(n_jobs)
     return connectivity(
         Xf, n_neighbors, resolve_method(method, n), n_probe, check_random_state(random_state), n_jobs=n_jobs
     )

@@ -34,6 +34,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from selector.cluster import KMeans, l2_normalize, validate_rows
+from selector.cpus import resolve_n_jobs
 from selector.errors import ConfigError, DataError
 from selector.rows import parse_budget, resolve_budget, seed_from
 
@@ -269,7 +270,7 @@ def max_previous_similarity(
     labels = _check_labels(labels, n)
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
         raise ConfigError(f"block_size must be a positive integer, got {block_size!r}")
-    n_jobs = _n_jobs(n_jobs)
+    n_jobs = resolve_n_jobs(n_jobs)
     order = keep_order(labels) if order is None else np.asarray(order, dtype=np.int64)
     if _use_ray(engine):
         from selector import ray_engine
@@ -313,16 +314,6 @@ def max_previous_similarity(
     if bar is not None:
         bar.close()
     return best, nearest
-
-
-def _n_jobs(n_jobs) -> int:
-    if n_jobs is None:
-        import os
-
-        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs < 1:
-        raise ConfigError(f"n_jobs must be a positive integer or None, got {n_jobs!r}")
-    return int(n_jobs)
 
 
 def _cluster_max_previous(Xc: np.ndarray, rows: np.ndarray, best, nearest, block_size: int) -> None:

@@ -28,6 +28,7 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils import check_random_state
 
 from selector.cluster import KMeans
+from selector.cpus import resolve_n_jobs
 from selector.errors import ConfigError, DataError, require
 from selector.knn import (
     KNN_METHODS,
@@ -38,7 +39,6 @@ from selector.knn import (
     resolve_method,
     single_threaded_kernels,
 )
-from selector.prototypes import _n_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -447,7 +447,7 @@ class SpectralClustering(ClusterMixin, BaseEstimator):
             raise ConfigError(f"n_probe must be a positive integer, got {self.n_probe!r}")
         if not isinstance(self.n_init, (int, np.integer)) or self.n_init < 1:
             raise ConfigError(f"n_init must be a positive integer, got {self.n_init!r}")
-        _n_jobs(self.n_jobs)
+        resolve_n_jobs(self.n_jobs)
         n_components = self.n_clusters if self.n_components is None else self.n_components
         if not isinstance(n_components, (int, np.integer)) or not 1 <= n_components <= n:
             raise ConfigError(f"n_components must be an integer in [1, {n}], got {self.n_components!r}")
@@ -529,7 +529,7 @@ class SpectralClustering(ClusterMixin, BaseEstimator):
             return contextlib.nullcontext()
         from threadpoolctl import threadpool_limits
 
-        return threadpool_limits(limits=_n_jobs(self.n_jobs))
+        return threadpool_limits(limits=resolve_n_jobs(self.n_jobs))
 
     def _fit_single_row(self) -> SpectralClustering:
         # A graph of one node has no neighbours to search; its only clustering is the trivial one.

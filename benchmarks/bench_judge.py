@@ -91,28 +91,41 @@ def main(argv=None) -> int:
     print(f"$ python benchmarks/bench_judge.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
     print(
         f"machine: {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, load average "
-        f"{os.getloadavg()[0]:.1f} at start; {args.rows} rows per measurement, best of {args.repeat}"
+        f"{os.getloadavg()[0]:.1f} at start; {args.rows} rows per measurement, best of {args.repeat}",
+        flush=True,
     )
-    print("\n| metric | model load s | " + " | ".join(f"batch {b}: rows/s" for b in sizes) + " | best batch |")
-    print("|---|---:|" + "---:|" * len(sizes) + "---|")
+    # Each measurement is printed (and flushed) as soon as it is taken: on a loaded machine one cell can take
+    # minutes, and a run that is stopped early still leaves what it measured.
+    table = []
     for name in [m.strip() for m in args.metrics.split(",") if m.strip()]:
         metric = build_metric(name)
         start = time.perf_counter()
         metric._ensure_loaded()
         load = time.perf_counter() - start
+        print(f"{name}: model loaded in {load:.1f} s", flush=True)
         set_batch_size(metric, 1)
         metric.score_batch({k: v[:2] for k, v in batch.items()})  # warm-up (first-call allocations)
         best = {b: 0.0 for b in sizes}
-        for _ in range(args.repeat):
+        for round_ in range(args.repeat):
             for b in sizes:
                 set_batch_size(metric, b)
                 start = time.perf_counter()
                 metric.score_batch(batch)
-                best[b] = max(best[b], args.rows / (time.perf_counter() - start))
-        top = max(best, key=best.get)
-        cells = " | ".join(f"{best[b]:.2f}" for b in sizes)
-        print(f"| {name} | {load:.0f} | {cells} | {top} |", flush=True)
+                seconds = time.perf_counter() - start
+                best[b] = max(best[b], args.rows / seconds)
+                print(
+                    f"{name} batch {b} (round {round_ + 1}): {args.rows} rows in {seconds:.1f} s = "
+                    f"{args.rows / seconds:.2f} rows/s (load average {os.getloadavg()[0]:.1f})",
+                    flush=True,
+                )
+        table.append((name, load, best, max(best, key=best.get)))
         metric.release()
+    print("\n| metric | model load s | " + " | ".join(f"batch {b}: rows/s" for b in sizes) + " | best batch |")
+    print("|---|---:|" + "---:|" * len(sizes) + "---|")
+    for name, load, best, top in table:
+        cells = " | ".join(f"{best[b]:.2f}" for b in sizes)
+        print(f"| {name} | {load:.0f} | {cells} | {top} |")
+    print(f"load average at the end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} (1 / 5 / 15 min)", flush=True)
     return 0
 
 

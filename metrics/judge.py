@@ -441,13 +441,14 @@ class Judge(ModelMetric):
         prompt's characters / 4 times the ratio of real to estimated tokens of the answered rows (this also
         covers image tokens), completion tokens are the answered rows' mean. With nothing answered yet the
         estimate falls back to 4 characters per token and ``max_tokens`` (an upper bound). Time uses the
-        seconds per request measured in this process (concurrency included), else ``elapsed / n_scored``
-        (which includes model loading, so it errs high).
+        seconds per request measured in this process (concurrency included), else (the rows were judged in
+        worker processes) ``elapsed / n_scored`` of this metric (which includes model loading, so it errs high).
 
         Args:
             dataset: a ``datasets.Dataset`` or a column batch (``{column: list}``) in canonical form.
             n_scored: rows scored in the measured run (``--limit N``).
-            elapsed: seconds that run took.
+            elapsed: seconds this metric took in that run (its wall time, not the whole run's; 0, as for shards
+                resumed from disk, means nothing was measured).
 
         Returns:
             A dict: ``rows``, ``skipped`` (error or missing turn: no request), ``cached``, ``requests`` (still to
@@ -491,7 +492,7 @@ class Judge(ModelMetric):
             basis = f"{CHARS_PER_TOKEN:g} characters per token; completion at most max_tokens={self.max_tokens}"
         if stats["requests"]:
             seconds = requests * stats["seconds"] / stats["requests"]
-        elif n_scored and elapsed is not None:
+        elif n_scored and elapsed:
             seconds = requests * elapsed / n_scored
         else:
             seconds = None
@@ -532,7 +533,7 @@ class Judge(ModelMetric):
                 f"{run['unparsable']} unparsable, {run['prompt_tokens']} prompt + {run['completion_tokens']} "
                 f"completion tokens, {run['seconds']:.1f} s waiting for answers"
             )
-        timing = "unknown (nothing measured)" if est["seconds"] is None else f"about {_duration(est['seconds'])}"
+        timing = "unknown (nothing measured)" if est["seconds"] is None else f"about {format_duration(est['seconds'])}"
         cost = (
             "cost not estimated (set price_input_per_mtok / price_output_per_mtok)"
             if est["cost"] is None
@@ -577,7 +578,8 @@ def _iter_batches(dataset, columns: list[str], batch_size: int = 1000):
     yield from dataset.select_columns(present).iter(batch_size=batch_size)
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """``"45 s"``, ``"4.9 min"``, ``"2.1 h"``: how the judge's and ``vlselect score --limit``'s estimates read."""
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:

@@ -205,7 +205,9 @@ class HFOptions:
         revision: Hub revision of the judge model.
         gguf_file: GGUF file name inside the model folder or repository (needs the ``gguf`` package).
         device, dtype: where and in which precision the model runs (see :func:`metrics.base.resolve_device`).
-        batch_size: rows per ``generate`` call.
+        batch_size: rows per ``generate`` call (rows are length-sorted and left-padded). 32 was the fastest of
+            1 / 8 / 32 for SmolLM2-135M on a 2-core CPU (``benchmarks/bench_judge.py``, README); ``vlselect score``
+            hands the judge at most ``--batch-size`` rows at a time, so that caps it too.
         prefill: start the assistant turn with the prompt's ``answer_prefix``; recommended for small local
             models, which otherwise often answer outside the expected form.
         expected_score: also return the rating expected under the model's probabilities of the rating tokens
@@ -222,7 +224,7 @@ class HFOptions:
     gguf_file: str | None = None
     device: str | None = None
     dtype: str = "auto"
-    batch_size: int = 8
+    batch_size: int = 32
     prefill: bool = False
     expected_score: bool = False
 

@@ -113,11 +113,10 @@ def _metric_list(args) -> list:
 
 
 def _format_seconds(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    # The judge's "remaining requests" line uses the same format, so equal estimates read the same.
+    from metrics.judge import format_duration
+
+    return format_duration(seconds)
 
 
 def _format_rate(rows_per_second: float) -> str:
@@ -138,8 +137,10 @@ def whole_input_estimate(n_rows: int, n_scored: int, elapsed: float, manifest: d
     A metric with its own estimate (the LLM judge: ``own[name]``) counts what that estimate says for the requests
     still to send (cached rows cost nothing) plus its fixed cost in this run (model loading: its wall time here
     less the time spent waiting for answers), so the total and the judge's "remaining requests" line agree by
-    construction. Every other metric scales its wall time in this run to ``n_rows`` (errs high: model loading is
-    scaled too), and so does writing the output (the run's time outside the metrics).
+    construction. When this process sent no request (``--num-proc``: the workers did), the metric's estimate is
+    already its wall time per scored row, loading included, and nothing is added. Every other metric scales its
+    wall time in this run to ``n_rows`` (errs high: model loading is scaled too), and so does writing the output
+    (the run's time outside the metrics).
     """
     scale = n_rows / max(n_scored, 1)
     parts: dict[str, float] = {}
@@ -149,8 +150,10 @@ def whole_input_estimate(n_rows: int, n_scored: int, elapsed: float, manifest: d
         metric_total += seconds
         est = own.get(entry["name"])
         if est is not None and est.get("seconds") is not None:
-            waited = float(est.get("this_process", {}).get("seconds", 0.0))
-            parts[entry["name"]] = float(est["seconds"]) + max(seconds - waited, 0.0)
+            measured = est.get("this_process", {})
+            # Without requests here, est["seconds"] came from this metric's wall time per row: loading is in it.
+            fixed = max(seconds - float(measured.get("seconds", 0.0)), 0.0) if measured.get("requests") else 0.0
+            parts[entry["name"]] = float(est["seconds"]) + fixed
         else:
             parts[entry["name"]] = seconds * scale
     parts["writing"] = max(elapsed - metric_total, 0.0) * scale
@@ -204,13 +207,18 @@ def run(args: argparse.Namespace) -> int:
     if args.limit:
         # Metrics that call paid or slow services (the LLM judge) estimate requests, tokens and cost themselves.
         rows = dataset
+        metric_seconds = {e["name"]: e["seconds"] for e in manifest["metrics"] if e.get("seconds") is not None}
         for metric in metric_list:
             if hasattr(metric, "estimate") and hasattr(metric, "format_estimate"):
                 if not hasattr(rows, "select"):  # a source the Ray workers read: the estimate reads all rows here
                     rows = _load(args)
                 estimates[metric.name] = (
                     metric,
-                    metric.estimate(rows, n_scored=len(scored), elapsed=manifest["seconds"]),
+                    # its own wall time: the whole run's would charge it for the other metrics too (the Ray
+                    # engine records no per-metric time: there the whole run's stands in, erring high)
+                    metric.estimate(
+                        rows, n_scored=len(scored), elapsed=metric_seconds.get(metric.name, manifest["seconds"])
+                    ),
                 )
     estimate = None
     if args.limit and args.limit < len(dataset):

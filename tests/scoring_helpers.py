@@ -48,3 +48,21 @@ def run(out_dir: str, shard_size: int = 4) -> None:
         batch_size=shard_size,
         progress=False,
     )
+
+
+def write_qa_rows(folder, n: int) -> str:
+    """``folder/data.json``: ``n`` text-only ShareGPT rows ``r0..r{n-1}`` ("Question i?" / "Answer i."); returns the
+    path."""
+    import json
+
+    rows = [
+        {
+            "id": f"r{i}",
+            "conversations": [{"from": "human", "value": f"Question {i}?"}, {"from": "gpt", "value": f"Answer {i}."}],
+        }
+        for i in range(n)
+    ]
+    path = os.path.join(str(folder), "data.json")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(rows))
+    return path

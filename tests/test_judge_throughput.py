@@ -6,6 +6,7 @@ import json
 
 import pytest
 from judge_server import JudgeServer
+from scoring_helpers import write_qa_rows
 
 from metrics.registry import get_metric
 from selector.cli import main
@@ -18,19 +19,6 @@ def server():
     # Every answer takes 0.1 s and requests go one at a time: a slow judge, as a local model is.
     with JudgeServer(delay=0.1) as srv:
         yield srv
-
-
-def _data(tmp_path):
-    rows = [
-        {
-            "id": f"r{i}",
-            "conversations": [{"from": "human", "value": f"Question {i}?"}, {"from": "gpt", "value": f"Answer {i}."}],
-        }
-        for i in range(N_ROWS)
-    ]
-    path = tmp_path / "data.json"
-    path.write_text(json.dumps(rows), encoding="utf-8")
-    return path
 
 
 def _config(tmp_path, server):
@@ -49,7 +37,7 @@ def _precache(tmp_path, server, rows: range) -> None:
     """Judge some later rows beforehand (same cache), as an earlier run or another worker would have."""
     from selector.data import load_instructions
 
-    ds = load_instructions(str(_data(tmp_path)))
+    ds = load_instructions(str(write_qa_rows(tmp_path, N_ROWS)))
     judge = get_metric(
         "judge", base_url=server.base_url, model="test-judge", api_key_env=None, cache_dir=str(tmp_path / "cache")
     )
@@ -59,7 +47,7 @@ def _precache(tmp_path, server, rows: range) -> None:
 def test_limit_estimate_agrees_with_the_judge_remaining_requests(server, tmp_path, capsys):
     _precache(tmp_path, server, range(8, 12))  # 4 of the 8 rows after --limit 4 are answered already
     server.reset()
-    data, config = _data(tmp_path), _config(tmp_path, server)
+    data, config = write_qa_rows(tmp_path, N_ROWS), _config(tmp_path, server)
     out_dir = tmp_path / "out"
     rc = main(["score", str(data), "--metric-config", str(config), "--out", str(out_dir), "--limit", "4", "--json"])
     assert rc == 0
@@ -83,7 +71,7 @@ def test_limit_estimate_agrees_with_the_judge_remaining_requests(server, tmp_pat
 
 
 def test_limit_prints_rows_per_second_per_metric(server, tmp_path, capsys):
-    data, config = _data(tmp_path), _config(tmp_path, server)
+    data, config = write_qa_rows(tmp_path, N_ROWS), _config(tmp_path, server)
     rc = main(["score", str(data), "--metric-config", str(config), "--out", str(tmp_path / "o"), "--limit", "3"])
     assert rc == 0
     text = capsys.readouterr().out
@@ -93,7 +81,7 @@ def test_limit_prints_rows_per_second_per_metric(server, tmp_path, capsys):
 
 
 def test_progress_shows_inside_a_shard(server, tmp_path, capsys):
-    data, config = _data(tmp_path), _config(tmp_path, server)
+    data, config = write_qa_rows(tmp_path, N_ROWS), _config(tmp_path, server)
     # One shard of 12 rows, map batches of 4: without --quiet the bar moves after every batch, not per shard.
     rc = main(
         [

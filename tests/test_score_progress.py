@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from scoring_helpers import write_qa_rows
 
 from metrics.base import Metric
 from metrics.judge import format_duration
@@ -87,19 +88,6 @@ class FakeJudge(SlowMetric):
         return f"fake judge: remaining {est['requests']} requests: about {format_duration(est['seconds'])}"
 
 
-def _data(tmp_path):
-    rows = [
-        {
-            "id": f"r{i}",
-            "conversations": [{"from": "human", "value": f"Question {i}?"}, {"from": "gpt", "value": f"Answer {i}."}],
-        }
-        for i in range(N_ROWS)
-    ]
-    path = tmp_path / "data.json"
-    path.write_text(json.dumps(rows), encoding="utf-8")
-    return str(path)
-
-
 def _use_metrics(monkeypatch, *metrics):
     monkeypatch.setattr(score_command, "_metric_list", lambda args: list(metrics))
 
@@ -108,7 +96,7 @@ def test_progress_moves_inside_one_shard_before_it_is_written(tmp_path, capsys, 
     slow = SlowMetric()
     _use_metrics(monkeypatch, slow)
     out = tmp_path / "out"
-    args = ["score", _data(tmp_path), "--metrics", "slow", "--out", str(out), "--batch-size", "4"]
+    args = ["score", write_qa_rows(tmp_path, N_ROWS), "--metrics", "slow", "--out", str(out), "--batch-size", "4"]
     assert main([*args, "--shard-size", "100"]) == 0  # the whole input is one shard
     err = capsys.readouterr().err
     assert "slow rows 0-12" in err and "8/12" in err
@@ -122,9 +110,8 @@ def test_progress_moves_inside_one_shard_before_it_is_written(tmp_path, capsys, 
 def test_quiet_shows_no_progress(tmp_path, capsys, monkeypatch):
     _use_metrics(monkeypatch, SlowMetric(delay=0.0))
     out = tmp_path / "out"
-    assert (
-        main(["score", _data(tmp_path), "--metrics", "slow", "--out", str(out), "--batch-size", "4", "--quiet"]) == 0
-    )
+    data = write_qa_rows(tmp_path, N_ROWS)
+    assert main(["score", data, "--metrics", "slow", "--out", str(out), "--batch-size", "4", "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "4/12" not in err and "rows 0-12" not in err
 
@@ -133,7 +120,18 @@ def _limit_run(tmp_path, monkeypatch, capsys, judge, json_out: bool):
     # A second slow metric makes the whole run's time differ from the judge's own.
     _use_metrics(monkeypatch, SlowMetric(delay=0.03), judge)
     out = tmp_path / "out"
-    args = ["score", _data(tmp_path), "--metrics", "x", "--out", str(out), "--limit", "4", "--batch-size", "2"]
+    args = [
+        "score",
+        write_qa_rows(tmp_path, N_ROWS),
+        "--metrics",
+        "x",
+        "--out",
+        str(out),
+        "--limit",
+        "4",
+        "--batch-size",
+        "2",
+    ]
     assert main([*args, *(["--json"] if json_out else [])]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     return capsys.readouterr().out, {e["name"]: e["seconds"] for e in manifest["metrics"]}

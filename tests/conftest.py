@@ -36,3 +36,32 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _restore_progress_bars():
+    """The CLI's ``--quiet`` (and the demo) turn vlselect's and the Hugging Face libraries' progress bars off for the
+    rest of their process; tests call ``main`` in-process, so each test leaves the bars as it found them."""
+    import sys
+
+    states = []
+    if "datasets" in sys.modules:
+        import datasets
+
+        states.append(
+            (datasets.is_progress_bar_enabled(), datasets.enable_progress_bars, datasets.disable_progress_bars)
+        )
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        states.append(
+            (hf_logging.is_progress_bar_enabled(), hf_logging.enable_progress_bar, hf_logging.disable_progress_bar)
+        )
+    from selector import logs
+
+    own = {name: getattr(logs, name) for name in ("_bars", "_leave", "_third_party_level", "_third_party_bars")}
+    yield
+    for name, value in own.items():
+        setattr(logs, name, value)
+    for was_on, enable, disable in states:
+        (enable if was_on else disable)()

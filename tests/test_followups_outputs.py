@@ -4,7 +4,6 @@ replaces an earlier one only once it is completely saved."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from tree_helpers import file_digests
 
 from selector.cli import main
 from selector.runs import OWN_MARKER
@@ -24,16 +24,6 @@ CAPTION = [
 
 class Injected(RuntimeError):
     """The failure injected mid-run."""
-
-
-def _tree(folder) -> dict[str, str]:
-    out = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as handle:
-                out[os.path.relpath(path, folder)] = hashlib.sha256(handle.read()).hexdigest()
-    return out
 
 
 @pytest.fixture
@@ -73,10 +63,10 @@ def _train(scored, label_file, out, *extra) -> list[str]:
 
 @pytest.mark.parametrize("where", ["scored", "scored/sub", "."])
 def test_train_selector_out_may_not_overlap_its_inputs(tmp_path, scored, label_file, capsys, where):
-    before = _tree(scored)
+    before = file_digests(scored)
     assert main(_train(scored, label_file, tmp_path / where, "--overwrite")) == 2
     assert "overlaps the source" in capsys.readouterr().err
-    assert _tree(scored) == before and label_file.is_file()
+    assert file_digests(scored) == before and label_file.is_file()
 
 
 def test_train_selector_replaces_only_its_own_folder(tmp_path, scored, label_file, capsys, monkeypatch):
@@ -91,7 +81,7 @@ def test_train_selector_replaces_only_its_own_folder(tmp_path, scored, label_fil
     assert main(_train(scored, label_file, sel)) == 0
     assert (sel / OWN_MARKER).is_file()
     os.remove(sel / OWN_MARKER)  # as saved before the marker existed: still recognised as a selector
-    before = _tree(sel)
+    before = file_digests(sel)
 
     from selector.learned import LearnedSelector
 
@@ -102,7 +92,7 @@ def test_train_selector_replaces_only_its_own_folder(tmp_path, scored, label_fil
     monkeypatch.setattr(LearnedSelector, "save_pretrained", half_saved)
     with pytest.raises(Injected):
         main(_train(scored, label_file, sel, "--overwrite"))
-    assert _tree(sel) == before
+    assert file_digests(sel) == before
     monkeypatch.undo()
     assert main(_train(scored, label_file, sel, "--overwrite")) == 0
     assert LearnedSelector.from_pretrained(str(sel)).model == "ridge"
@@ -121,8 +111,8 @@ def test_labels_out_refuses_a_foreign_folder_and_the_inputs(tmp_path, scored, da
     assert main(_labels(scored, theirs, data)) == 2
     assert "not an earlier `vlselect labels` output" in capsys.readouterr().err
     assert os.listdir(theirs) == ["notes.txt"]
-    before = _tree(scored)
+    before = file_digests(scored)
     for out in (scored, scored / "labels", tmp_path):
         assert main(_labels(scored, out, data)) == 2
         assert "overlaps the source" in capsys.readouterr().err
-    assert _tree(scored) == before
+    assert file_digests(scored) == before

@@ -4,13 +4,13 @@ earlier versions (no marker at the top) are recognised."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 
 import pytest
 from PIL import Image
+from tree_helpers import file_digests
 
 import selector.runs
 import selector.scoring
@@ -25,16 +25,6 @@ CAPTION = [
 
 class Injected(RuntimeError):
     """The failure injected mid-run."""
-
-
-def _tree(folder) -> dict[str, str]:
-    out = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as handle:
-                out[os.path.relpath(path, folder)] = hashlib.sha256(handle.read()).hexdigest()
-    return out
 
 
 def _leftovers(parent) -> list[str]:
@@ -66,7 +56,7 @@ def _config(tmp_path, budget=2) -> str:
 def test_run_overwrite_interrupted_mid_run_keeps_the_earlier_result(tmp_path, data, monkeypatch):
     assert main(["run", _config(tmp_path)]) == 0
     run = tmp_path / "run"
-    before = _tree(run)
+    before = file_digests(run)
 
     def fail(*args, **kwargs):
         assert os.path.isdir(run / "scored"), "the earlier result was removed before the new one was complete"
@@ -76,7 +66,7 @@ def test_run_overwrite_interrupted_mid_run_keeps_the_earlier_result(tmp_path, da
     monkeypatch.setattr(selector.runs, "write_selection", fail)
     with pytest.raises(Injected):
         main(["run", _config(tmp_path, budget=3), "--overwrite"])
-    assert _tree(run) == before
+    assert file_digests(run) == before
     assert _leftovers(tmp_path) == []
     monkeypatch.undo()
 
@@ -125,7 +115,7 @@ def test_run_overwrite_still_refuses_a_foreign_folder(tmp_path, data, capsys):
 def test_score_overwrite_interrupted_keeps_the_earlier_result(tmp_path, data, monkeypatch):
     out = tmp_path / "scored"
     assert main(["score", str(data), "--metrics", "length", "--out", str(out)]) == 0
-    before = _tree(out)
+    before = file_digests(out)
 
     def fail(*args, **kwargs):
         raise Injected("killed before the manifest")
@@ -133,7 +123,7 @@ def test_score_overwrite_interrupted_keeps_the_earlier_result(tmp_path, data, mo
     monkeypatch.setattr(selector.scoring, "build_manifest", fail)
     with pytest.raises(Injected):
         main(["score", str(data), "--metrics", "length", "--out", str(out), "--overwrite"])
-    assert _tree(out) == before
+    assert file_digests(out) == before
     assert _leftovers(tmp_path) == []
     monkeypatch.undo()
     assert main(["score", str(data), "--metrics", "length", "--out", str(out), "--overwrite", "--limit", "2"]) == 0

@@ -7,13 +7,13 @@ Driven through the real CLI (:func:`selector.cli.main`); each case checks the by
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 
 import pytest
 from PIL import Image
+from tree_helpers import file_digests
 
 from selector.cli import main
 from selector.runs import OWN_MARKER
@@ -28,17 +28,6 @@ def _png(color=(200, 0, 0)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (6, 6), color).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _tree(folder) -> dict[str, str]:
-    """Every file under ``folder`` (relative path -> sha256), to compare before and after."""
-    out = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as handle:
-                out[os.path.relpath(path, folder)] = hashlib.sha256(handle.read()).hexdigest()
-    return out
 
 
 def _error(capsys) -> str:
@@ -77,22 +66,22 @@ def scored(tmp_path, data):
 
 
 def test_convert_into_its_own_source_is_refused(minigpt4, capsys):
-    before = _tree(minigpt4)
+    before = file_digests(minigpt4)
     assert main(["convert", str(minigpt4), str(minigpt4), "--to", "minigpt4", "--overwrite"]) == 2
     assert "overlaps the source" in _error(capsys)
-    assert _tree(minigpt4) == before
+    assert file_digests(minigpt4) == before
 
 
 @pytest.mark.parametrize("where", ["inside", "around"])
 def test_convert_inside_or_around_the_source_is_refused(tmp_path, minigpt4, data, capsys, where):
-    before = _tree(tmp_path)
+    before = file_digests(tmp_path)
     if where == "inside":
         args = ["convert", str(minigpt4), str(minigpt4 / "sub"), "--to", "minigpt4", "--overwrite"]
     else:
         args = ["convert", str(data), str(tmp_path), "--to", "minigpt4", "--overwrite"]
     assert main(args) == 2
     assert "overlaps the source" in _error(capsys)
-    assert _tree(tmp_path) == before
+    assert file_digests(tmp_path) == before
 
 
 def test_convert_a_file_onto_itself_is_refused(data, capsys):
@@ -117,7 +106,7 @@ def test_minigpt4_overwrite_replaces_an_earlier_export_only_when_complete(tmp_pa
     from selector.data import export_instructions, load_instructions
     from selector.data.schema import features
 
-    before = _tree(minigpt4)
+    before = file_digests(minigpt4)
     rows = list(load_instructions(str(tmp_path / "data.json")))
 
     def failing():
@@ -127,7 +116,7 @@ def test_minigpt4_overwrite_replaces_an_earlier_export_only_when_complete(tmp_pa
     broken = IterableDataset.from_generator(failing, features=features())
     with pytest.raises(OSError):
         export_instructions(broken, minigpt4, format="minigpt4", overwrite=True)
-    assert _tree(minigpt4) == before  # the earlier export is intact
+    assert file_digests(minigpt4) == before  # the earlier export is intact
     assert sorted(os.listdir(tmp_path)) == sorted(["a.png", "data.json", "mg"])  # no staging folder left
     # a complete export replaces it
     again = load_instructions(str(tmp_path / "data.json")).select(range(2))
@@ -140,24 +129,24 @@ def test_minigpt4_overwrite_refuses_a_folder_vlselect_did_not_write(tmp_path, da
     (theirs / "image").mkdir(parents=True)
     (theirs / "image" / "1.jpg").write_bytes(b"their photo")
     (theirs / "filter_cap.json").write_text('{"annotations": []}')
-    before = _tree(theirs)
+    before = file_digests(theirs)
     assert main(["convert", str(data), str(theirs), "--to", "minigpt4"]) == 2
     assert "exists" in _error(capsys)
     assert main(["convert", str(data), str(theirs), "--to", "minigpt4", "--overwrite"]) == 2
     assert "not written by vlselect" in _error(capsys)
-    assert _tree(theirs) == before
+    assert file_digests(theirs) == before
 
 
 # select ------------------------------------------------------------------------------------------------------------
 
 
 def test_select_into_the_scored_run_is_refused(scored, capsys):
-    before = _tree(scored)
+    before = file_digests(scored)
     for out in (scored, scored / "picked"):
         args = ["select", str(scored), "--strategy", "topk:score_length", "--budget", "2", "--overwrite"]
         assert main([*args, "--out", str(out)]) == 2
         assert "overlaps the source" in _error(capsys)
-    assert _tree(scored) == before
+    assert file_digests(scored) == before
 
 
 def test_select_overwrite_replaces_only_vlselect_folders(tmp_path, scored, capsys):
@@ -167,10 +156,10 @@ def test_select_overwrite_replaces_only_vlselect_folders(tmp_path, scored, capsy
     # the user's own save_to_disk dataset (state.json, no vlselect marker or manifest) is not replaced
     theirs = tmp_path / "theirs"
     Dataset.from_dict({"x": [1, 2]}).save_to_disk(str(theirs))
-    before = _tree(theirs)
+    before = file_digests(theirs)
     assert main([*args, str(theirs)]) == 2
     assert "not written by vlselect" in _error(capsys)
-    assert _tree(theirs) == before
+    assert file_digests(theirs) == before
     # a selection written by an earlier version (vlselect manifest, no marker) is replaced; so is a marked one
     picked = tmp_path / "picked"
     assert main([*args, str(picked)]) == 0
@@ -194,10 +183,10 @@ def test_score_refuses_a_folder_with_a_foreign_manifest(tmp_path, data, capsys):
 
 
 def test_score_into_its_source_is_refused(scored, capsys):
-    before = _tree(scored)
+    before = file_digests(scored)
     assert main(["score", str(scored), "--metrics", "length", "--out", str(scored)]) == 2
     assert "overlaps the source" in _error(capsys)
-    assert _tree(scored) == before
+    assert file_digests(scored) == before
 
 
 def test_score_resumes_in_its_own_folder_and_an_earlier_versions(tmp_path, data, scored):
@@ -233,10 +222,10 @@ def test_run_refuses_an_out_that_overlaps_the_source(tmp_path, data, capsys):
     folder.mkdir()
     (folder / "a.png").write_bytes(_png())
     (folder / "data.json").write_text(data.read_text())
-    before = _tree(folder)
+    before = file_digests(folder)
     assert main(["run", _config(tmp_path, "input/run", source="input")]) == 2
     assert "overlaps the source" in _error(capsys)
-    assert _tree(folder) == before
+    assert file_digests(folder) == before
 
 
 def test_run_resumes_its_own_folder_and_an_earlier_versions(tmp_path, data):

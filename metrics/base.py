@@ -356,6 +356,38 @@ def batch_texts(batch: dict[str, list], field: str) -> list[str | None]:
     return [value if isinstance(value, str) else None for value in batch[field]]
 
 
+def usable_embeddings(columns: dict[str, Any], names: list[str], what: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The embedding columns ``names`` of a pool as float32 ``(n, d)`` arrays, and the rows usable in all of them.
+
+    A row is usable when its ``error`` (if the pool has that column) is unset and each of its embeddings is
+    finite and non-zero (a NaN or zero vector marks a row without that input). ``what`` names the caller in
+    the error for a missing column ("diversity metric 'diversity'").
+
+    Raises:
+        DataError: a column is missing, is not ``(n, d)``, or the columns differ in length.
+    """
+    from selector.errors import DataError
+    from selector.rows import usable_mask
+
+    missing = [c for c in names if c not in columns]
+    if missing:
+        raise DataError(f"{what} needs column(s) {missing}; score an embedding first")
+    arrays = []
+    for c in names:
+        x = np.asarray(columns[c], dtype=np.float32)
+        if x.ndim != 2:
+            raise DataError(f"{c} must be an (n, d) embedding column, got shape {x.shape}")
+        arrays.append(x)
+    n = arrays[0].shape[0]
+    if any(x.shape[0] != n for x in arrays):
+        raise DataError(f"embedding columns {names} have different lengths")
+    usable = np.ones(n, dtype=bool) if columns.get("error") is None else usable_mask(columns["error"], n)
+    for x in arrays:
+        norms = np.linalg.norm(x, axis=1)
+        usable &= np.isfinite(norms) & (norms > 0)
+    return usable, arrays
+
+
 def nan_array(n: int, dim: int | None = None) -> np.ndarray:
     """A float32 NaN array of shape ``(n,)`` or ``(n, dim)``."""
     return np.full((n,) if dim is None else (n, dim), np.nan, dtype=np.float32)

@@ -106,31 +106,9 @@ class Diversity(DatasetMetric):
 
     def _features(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(usable row mask (n,), L2-normalised concatenated embeddings of the usable rows)."""
-        from selector.errors import DataError
+        from metrics.base import usable_embeddings
 
-        names = self.embedding_columns()
-        missing = [c for c in names if c not in columns]
-        if missing:
-            raise DataError(f"diversity metric {self.name!r} needs column(s) {missing}; score an embedding first")
-        parts = []
-        for c in names:
-            x = np.asarray(columns[c], dtype=np.float32)
-            if x.ndim != 2:
-                raise DataError(f"{c} must be an (n, d) embedding column, got shape {x.shape}")
-            parts.append(x)
-        n = parts[0].shape[0]
-        if any(p.shape[0] != n for p in parts):
-            raise DataError(f"embedding columns {names} have different lengths")
-        usable = np.ones(n, dtype=bool)
-        errors = columns.get("error")
-        if errors is not None:
-            from selector.rows import usable_mask
-
-            usable &= usable_mask(errors, n)
-        for p in parts:
-            norms = np.linalg.norm(p, axis=1)
-            # A NaN or zero vector marks a row without that input; it can't be placed in any cluster.
-            usable &= np.isfinite(norms) & (norms > 0)
+        usable, parts = usable_embeddings(columns, self.embedding_columns(), f"diversity metric {self.name!r}")
         blocks = [p[usable] / np.linalg.norm(p[usable], axis=1, keepdims=True) for p in parts]
         feats = np.concatenate(blocks, axis=1) / np.float32(np.sqrt(len(blocks)))
         return usable, np.ascontiguousarray(feats, dtype=np.float32)

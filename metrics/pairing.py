@@ -130,24 +130,9 @@ class Pairing(DatasetMetric):
 
     def _sides(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(usable mask (n,), first side (m, d1), second side (m, d2)) as float32."""
-        from selector.errors import DataError
-        from selector.rows import usable_mask
+        from metrics.base import usable_embeddings
 
-        sides = []
-        for name in self.pair_columns():
-            if name not in columns:
-                raise DataError(f"pairing metric {self.name!r} needs column {name!r}; score an embedding first")
-            x = np.asarray(columns[name], dtype=np.float32)
-            if x.ndim != 2:
-                raise DataError(f"{name} must be an (n, d) embedding column, got shape {x.shape}")
-            sides.append(x)
-        n = sides[0].shape[0]
-        if sides[1].shape[0] != n:
-            raise DataError(f"pairing columns {self.pair_columns()} have different lengths")
-        usable = np.ones(n, dtype=bool) if columns.get("error") is None else usable_mask(columns["error"], n)
-        for x in sides:
-            norms = np.linalg.norm(x, axis=1)
-            usable &= np.isfinite(norms) & (norms > 0)
+        usable, sides = usable_embeddings(columns, self.pair_columns(), f"pairing metric {self.name!r}")
         return usable, sides[0][usable], sides[1][usable]
 
     def fit_transform(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

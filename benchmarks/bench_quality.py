@@ -203,11 +203,10 @@ def run_variant(variant: str, args, notes: list[str]) -> dict:
             ds = add_default_quality(ds, notes)
 
     selections = {f"pipeline: {description}": result["selection"].mask}
-    flat = without_quotas(config)
-    if flat is not None:
-        from selector.pipeline import select_scored
+    from selector.pipeline import select_scored
 
-        selections[FLAT] = select_scored(ds, flat, budget=budget).mask
+    for name, variant_config in pipeline_variants(config).items():
+        selections[name] = select_scored(ds, variant_config, budget=budget).mask
     sweep = budget_sweep(ds, config, labels, args.seeds)
     random_masks = [selector.select(ds, budget, "random", random_state=seed).mask for seed in range(args.seeds)]
     scores, directions = {}, {}
@@ -232,45 +231,69 @@ def run_variant(variant: str, args, notes: list[str]) -> dict:
 
 #: The pipeline's own filters, dedup and quality score, with top-k by score_quality in place of the quotas.
 FLAT = "same pipeline, top-k instead of quotas"
+#: The same, with the paper's strict quotas in place of the pipeline's loosened ones (``balance: 1``).
+STRICT = "same pipeline, strict quotas (balance 1)"
 
 
-def without_quotas(config):
-    """``config`` with its selection strategy replaced by top-k on the quality score (same filters, dedup and
-    score column); None when it has no clusters to drop or ranks by no score."""
+def pipeline_variants(config) -> dict:
+    """The pipeline's selection stage with another rule, on the same scored rows, filters, dedup and score column:
+    :data:`FLAT` (top-k by the score) when the pipeline uses clusters and a quality score, and :data:`STRICT`
+    when its InstructionGPT-4 quotas are loosened by a ``balance`` other than 1."""
     import dataclasses
 
-    if config.strategy == "topk" or not config.quality:
-        return None
-    return dataclasses.replace(config, strategy="topk", options={}, cluster_column=None)
+    variants = {}
+    if config.strategy != "topk" and config.quality:
+        variants[FLAT] = dataclasses.replace(config, strategy="topk", options={}, cluster_column=None)
+    if config.strategy == "instructiongpt4" and (config.options or {}).get("balance", 1) != 1:
+        variants[STRICT] = dataclasses.replace(config, options={**config.options, "balance": 1})
+    return variants
 
 
-#: Budgets (fractions of the pool) of the defect-share table: small budgets are where selection is used in practice
-#: (InstructionGPT-4 keeps 6%; recommended.yaml 30%).
-SWEEP = (0.1, 0.3, 0.5)
+#: Budgets (fractions of the pool) of the small-budget tables: small budgets are where selection is used in
+#: practice (InstructionGPT-4 keeps 6%; recommended.yaml 30%).
+SWEEP = (0.05, 0.1, 0.3, 0.5)
 
 
-def budget_sweep(ds, config, labels: list[dict], seeds: int) -> dict[str, dict[str, float]]:
-    """Share of defect rows among the selected rows (lower is better) at each :data:`SWEEP` budget, for the
-    pipeline's selection stage re-run on the same scored rows, random choice (mean of ``seeds``), top-k by
-    ``score_quality`` and top-k by length."""
+def contents(labels: list[dict]) -> np.ndarray:
+    """Each row's image content (the topic without its question kind: ``"easy-vqa:circle-red"``, ``"photo:cat"``);
+    an empty string for labels written before topics were."""
+    return np.array([(label.get("topic") or "").split("/")[0] for label in labels], dtype=object)
+
+
+def coverage(mask: np.ndarray, labels: list[dict]) -> float:
+    """Share of the clean rows' image contents with at least one clean row selected (higher is better): what a
+    quota rule is for, so that a small budget does not spend itself on a few kinds of image."""
+    clean = np.array([label["defect"] is None for label in labels])
+    content = contents(labels)
+    everything = {c for c in content[clean] if c}
+    return len({c for c in content[clean & mask] if c}) / len(everything) if everything else float("nan")
+
+
+def budget_sweep(ds, config, labels: list[dict], seeds: int) -> dict[str, dict[str, dict[str, float]]]:
+    """At each :data:`SWEEP` budget, for the pipeline's selection stage re-run on the same scored rows, its
+    :func:`pipeline_variants`, random choice (mean of ``seeds``), top-k by ``score_quality`` and top-k by length:
+    ``{"defects": share of defect rows among the selected rows (lower is better), "coverage": :func:`coverage`}``.
+    """
     import selector
     from selector.pipeline import select_scored
 
     defect = np.array([label["defect"] is not None for label in labels])
-    share = lambda mask: float(defect[mask].mean()) if mask.any() else float("nan")  # noqa: E731
-    table: dict[str, dict[str, float]] = {}
+
+    def measure(masks: list[np.ndarray]) -> dict[str, float]:
+        shares = [float(defect[m].mean()) if m.any() else float("nan") for m in masks]
+        return {"defects": float(np.mean(shares)), "coverage": float(np.mean([coverage(m, labels) for m in masks]))}
+
+    table: dict[str, dict[str, dict[str, float]]] = {}
     for fraction in SWEEP:
         budget = max(1, round(fraction * len(labels)))
         key = f"{100 * fraction:.0f}%"
-        randoms = [share(selector.select(ds, budget, "random", random_state=s).mask) for s in range(seeds)]
-        flat = without_quotas(config)
-        table[key] = {
-            "pipeline": share(select_scored(ds, config, budget=budget).mask),
-            **({FLAT: share(select_scored(ds, flat, budget=budget).mask)} if flat is not None else {}),
-            f"random (mean of {seeds} seeds)": float(np.mean(randoms)),
-            "topk score_quality": share(topk(ds, budget, column(ds, QUALITY))),
-            "length only (topk score_length)": share(topk(ds, budget, column(ds, "score_length"))),
-        }
+        table[key] = {"pipeline": measure([select_scored(ds, config, budget=budget).mask])}
+        for name, variant_config in pipeline_variants(config).items():
+            table[key][name] = measure([select_scored(ds, variant_config, budget=budget).mask])
+        randoms = [selector.select(ds, budget, "random", random_state=s).mask for s in range(seeds)]
+        table[key][f"random (mean of {seeds} seeds)"] = measure(randoms)
+        table[key]["topk score_quality"] = measure([topk(ds, budget, column(ds, QUALITY))])
+        table[key]["length only (topk score_length)"] = measure([topk(ds, budget, column(ds, "score_length"))])
     return table
 
 
@@ -355,16 +378,27 @@ def markdown(results: dict) -> str:
             lines.append("| " + " | ".join([name, *(_fmt(out[k]) for k in keys)]) + " |")
         lines.append("")
         budgets = list(res["sweep"])
-        lines.append(
-            f"Share of defects among the selected rows at smaller budgets, variant {variant} (lower is better; the "
-            f"pool holds {100 * sum(counts[k] for k in removed_cols) / res['n_rows']:.0f}% defect rows):"
-        )
-        lines.append("")
-        lines.append("| method | " + " | ".join(f"budget {b}" for b in budgets) + " |")
-        lines.append("|" + "---|" * (len(budgets) + 1))
-        for name in res["sweep"][budgets[0]]:
-            lines.append("| " + " | ".join([name, *(_fmt(res["sweep"][b][name]) for b in budgets)]) + " |")
-        lines.append("")
+        defect_share = 100 * sum(counts[k] for k in removed_cols) / res["n_rows"]
+        for key, title in (
+            (
+                "defects",
+                f"Share of defects among the selected rows (lower is better; the pool holds "
+                f"{defect_share:.0f}% defect rows)",
+            ),
+            (
+                "coverage",
+                "Image contents covered: share of the clean rows' image contents (easy-VQA shape and "
+                "colour, photo) with at least one clean row selected (higher is better)",
+            ),
+        ):
+            lines.append(f"{title}, at smaller budgets, variant {variant}:")
+            lines.append("")
+            lines.append("| method | " + " | ".join(f"budget {b}" for b in budgets) + " |")
+            lines.append("|" + "---|" * (len(budgets) + 1))
+            for name in res["sweep"][budgets[0]]:
+                cells = [_fmt(res["sweep"][b][name][key]) for b in budgets]
+                lines.append("| " + " | ".join([name, *cells]) + " |")
+            lines.append("")
         header = ["score (direction)", *(SHORT[k] for k in removed_cols), "all defects"]
         lines.append(f"AUROC clean vs defect kind, variant {variant}:")
         lines.append("")

@@ -4,7 +4,7 @@
 image per row under ``DIR/images/``) and ``DIR/labels.jsonl`` with one line per row::
 
     {"id": "a-00017", "defect": null | "<kind>", "group": "exact-3" | "near-5" | null, "detail": "...",
-     "source": "easy-vqa" | "photo"}
+     "source": "easy-vqa" | "photo", "topic": "easy-vqa:circle-red/color"}
 
 Clean rows are answers a careful annotator would write: full sentences built from the easy-VQA labels (one
 64x64 shape image per row; the colour and shape of every image are read from easy-VQA's own question/answer
@@ -921,6 +921,14 @@ class Generator:
         return rows
 
 
+def _topic(row: Row) -> str:
+    """What a clean row teaches, for coverage: the image's content and the kind of question (``"photo:cat/describe"``,
+    ``"easy-vqa:circle-red/color"``). Defect rows carry the topic of the row they were made from."""
+    facts = row.facts
+    content = facts["photo"] if row.source == "photo" else f"{facts['shape']}-{facts['color']}"
+    return f"{row.source}:{content}/{facts['qtype']}"
+
+
 def generate(out: str, variant: str = "A", n: int = 600, seed: int | None = None) -> dict:
     """Write ``out/data.json``, ``out/images/`` and ``out/labels.jsonl``; return a summary.
 
@@ -959,7 +967,14 @@ def generate(out: str, variant: str = "A", n: int = 600, seed: int | None = None
             }
         )
         labels.append(
-            {"id": row_id, "defect": row.defect, "group": row.group, "detail": row.detail, "source": row.source}
+            {
+                "id": row_id,
+                "defect": row.defect,
+                "group": row.group,
+                "detail": row.detail,
+                "source": row.source,
+                "topic": _topic(row),
+            }
         )
     written = {os.path.basename(r["image"]) for r in records}
     stale = re.compile(rf"{variant.lower()}-\d{{5}}\.(png|jpg)")

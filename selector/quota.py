@@ -9,6 +9,9 @@ Arrays in, arrays out (numpy only). Every function returns an ``int64`` array ``
 - :func:`quality_quota`: proportional to each cluster's *quality mass* (the sum of its rows' quality in [0, 1]),
   so a cluster made of low-quality rows (gibberish, one boilerplate answer) gets a small share instead of one
   proportional to its size; at least 1 per non-empty cluster while the budget covers every cluster.
+- :func:`balanced_quota`: loosens any of these quotas by a factor ``balance`` so that quality decides within
+  the bounds: each cluster keeps between ``q_j / balance`` and ``q_j * balance`` rows, and the rows beyond the
+  lower bounds are the best of the whole pool. ``balance=1`` is the quota itself, a large one is global top-k.
 - :func:`dbp_quota` (Density-Based Pruning, Abbas et al. 2024): weights ``softmax(d_intra * d_inter / T)``,
   the real-valued quota is the Euclidean projection of ``N * P`` onto
   ``{x : sum(x) = N, floor_j <= x_j <= |C_j|}`` with ``floor_j = min(int(N / k * balance_ratio), |C_j|)``
@@ -321,6 +324,66 @@ def dbp_quota(
     x = project_capped_simplex(total * weights, floor, s, total)
     q[nonempty] = round_preserving_total(x, floor, s, total)
     return q
+
+
+def check_balance(balance) -> None:
+    """Raise :class:`ConfigError` unless ``balance`` is a number >= 1 (``inf`` allowed)."""
+    if isinstance(balance, bool) or not isinstance(balance, (int, float, np.number)) or not balance >= 1:
+        raise ConfigError(f"quota balance must be a number >= 1 (1 = strict quotas, .inf = top-k), got {balance!r}")
+
+
+def balanced_quota(quotas, labels, order, balance: float) -> np.ndarray:
+    """Loosen per-cluster quotas so the pool's best rows can replace a cluster's worst ones, within bounds.
+
+    Strict quotas make every cluster give exactly its share, however poor its rows: at a budget near the pool
+    size, a cluster where a third of the rows are defects still keeps most of them while clean rows elsewhere
+    are dropped. Here cluster ``j`` keeps at least ``floor(q_j / balance)`` rows (its best) and at most
+    ``min(|C_j|, ceil(q_j * balance))``; the rest of the budget goes to the best rows of the whole pool in
+    ``order`` that fit under the upper bounds. This maximises the summed quality (in ``order``'s sense) under
+    those bounds. The lower bound is DBP's class-balance floor (``balance_ratio`` = 1 / ``balance``); the upper
+    bound keeps one region from taking over a small budget.
+
+    Args:
+        quotas: (k,) quotas from any quota rule, summing to the budget.
+        labels: (n,) cluster of each row, in ``0..k-1``.
+        order: (n,) all row indices in preference order (best first); within a cluster it must be the order
+            the quotas are filled in, e.g. :func:`selector.prototypes.keep_order` with one label for every row.
+        balance: ``>= 1``; 1 returns ``quotas`` unchanged, ``inf`` is top-k in ``order``.
+
+    Returns:
+        (k,) int64 quotas with the same total, ``floor(q_j / balance) <= q'_j <= min(|C_j|, ceil(q_j * balance))``.
+
+    Example:
+        >>> labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+        >>> order = np.array([0, 1, 2, 3, 4, 5, 6, 7])          # cluster 0's rows are all better
+        >>> balanced_quota(np.array([2, 2]), labels, order, balance=1.5).tolist()
+        [3, 1]
+    """
+    quotas = np.asarray(quotas, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
+    order = np.asarray(order, dtype=np.int64)
+    check_balance(balance)
+    if order.shape != labels.shape or labels.ndim != 1:
+        raise ConfigError(f"order has shape {order.shape}, labels {labels.shape}: one entry per row expected")
+    if balance == 1 or labels.size == 0:
+        return quotas.copy()
+    sizes = np.bincount(labels, minlength=quotas.size)
+    lower = np.floor(quotas / balance).astype(np.int64)
+    upper = sizes if np.isinf(balance) else np.minimum(sizes, np.ceil(quotas * balance).astype(np.int64))
+    # each row's rank inside its cluster along `order`: rows below the lower bound are taken already, rows at or
+    # past the upper bound can't be; of the others, the first `left` in pool order fill the rest of the budget.
+    sorted_labels = labels[order]
+    rank = np.empty(labels.size, dtype=np.int64)
+    counts = np.zeros(quotas.size, dtype=np.int64)
+    grouped = np.argsort(sorted_labels, kind="stable")
+    starts = np.r_[0, np.cumsum(np.bincount(sorted_labels, minlength=quotas.size))[:-1]]
+    rank[grouped] = np.arange(labels.size) - np.repeat(starts, np.bincount(sorted_labels, minlength=quotas.size))
+    open_ = (rank >= lower[sorted_labels]) & (rank < upper[sorted_labels])
+    left = int(quotas.sum() - lower.sum())
+    taken = np.flatnonzero(open_)[:left]
+    counts += lower
+    counts += np.bincount(sorted_labels[taken], minlength=quotas.size)
+    return counts
 
 
 def compute_quota(method: str, sizes, budget: int, **kwargs) -> np.ndarray:

@@ -552,6 +552,7 @@ def instructiongpt4_strategy(
     quota: str = "proportional",
     clustering: str = "spectral",
     backend: str = "auto",
+    balance: float = 1.0,
 ) -> StrategyResult:
     """InstructionGPT-4: clusters (a cluster column, else spectral clustering of the embeddings as upstream, or
     spherical k-means with ``clustering="kmeans"``), per-cluster quotas, the best-scoring rows of each cluster
@@ -560,9 +561,16 @@ def instructiongpt4_strategy(
     ``quota``: ``"proportional"`` to cluster size (upstream), ``"uniform"``, or ``"quality"``: proportional to
     each cluster's quality mass, the sum of its rows' score percentile ranks (NaN counts 0; see
     :func:`selector.quota.quality_quota`), so a cluster of low-scoring rows gets a small share. Needs scores.
-    """
-    from selector.quota import compute_quota
 
+    ``balance`` (>= 1) loosens the quotas (:func:`selector.quota.balanced_quota`): cluster ``j`` keeps between
+    ``q_j / balance`` and ``q_j * balance`` rows and the best rows of the whole pool fill the rest, so a cluster
+    with many poor rows gives up its worst ones to better rows elsewhere. 1 (the default) is the strict quota of
+    the paper; ``.inf`` is top-k by score.
+    """
+    from selector.prototypes import keep_order
+    from selector.quota import balanced_quota, check_balance, compute_quota
+
+    check_balance(balance)
     if quota not in ("proportional", "uniform", "quality"):
         raise ConfigError(f"instructiongpt4 quota must be 'proportional', 'uniform' or 'quality', got {quota!r}")
     if clustering not in ("spectral", "kmeans"):
@@ -578,8 +586,13 @@ def instructiongpt4_strategy(
         quotas = compute_quota(quota, sizes, inp.budget, mass=cluster_quality_mass(labels, inp.scores, sizes.size))
     else:
         quotas = compute_quota(quota, sizes, inp.budget)
-    order, cluster_rank = quota_order(labels, inp.scores, quotas, inp.tie_rank)
     info = {"n_clusters": int(sizes.size), "quota": quotas.tolist()}
+    if balance != 1:
+        # one pool-wide preference order, with the same NaN and tie rules as the per-cluster order below.
+        pool_order = keep_order(np.zeros_like(labels), inp.scores, inp.tie_rank)
+        quotas = balanced_quota(quotas, labels, pool_order, balance)
+        info.update(balance=float(balance), strict_quota=info["quota"], quota=quotas.tolist())
+    order, cluster_rank = quota_order(labels, inp.scores, quotas, inp.tie_rank)
     return StrategyResult(
         order=order, cluster=labels, cluster_rank=cluster_rank, quota=quotas, score=inp.scores, info=info
     )

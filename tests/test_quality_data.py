@@ -279,6 +279,39 @@ def test_bench_outcome_counts_kinds_groups_and_clean():
     assert np.isnan(out["empty"])
 
 
+@pytest.mark.parametrize("variant", qd.VARIANTS)
+def test_labels_name_each_rows_topic(generated, variant):
+    _, _, records, labels = generated[variant]
+    topics = [label["topic"] for label in labels]
+    assert all(re.fullmatch(r"(easy-vqa|photo):[^/]+/[a-z_]+", t) for t in topics), topics[:5]
+    assert all(t.startswith(label["source"] + ":") for t, label in zip(topics, labels))
+    for record, label in zip(records, labels):  # a clean colour answer names the colour of its topic
+        if label["source"] == "easy-vqa" and label["defect"] is None and "/color" in label["topic"]:
+            colour = label["topic"].split(":")[1].split("/")[0].split("-")[-1]
+            assert colour in record["conversations"][1]["value"].lower()
+    # duplicates teach what their original teaches
+    by_group = defaultdict(set)
+    for label in labels:
+        if label["group"]:
+            by_group[label["group"]].add(label["topic"])
+    assert all(len(t) == 1 for t in by_group.values())
+
+
+def test_bench_coverage_counts_clean_contents():
+    import numpy as np
+
+    bench = _load_bench_module()
+    labels = [
+        {"defect": None, "topic": "photo:cat/describe"},
+        {"defect": None, "topic": "photo:cat/caption"},
+        {"defect": None, "topic": "easy-vqa:circle-red/color"},
+        {"defect": "gibberish", "topic": "photo:coffee/describe"},  # defect rows neither count nor cover
+    ]
+    assert bench.coverage(np.array([True, True, False, True]), labels) == 0.5
+    assert bench.coverage(np.array([False, True, True, False]), labels) == 1.0
+    assert bench.coverage(np.zeros(4, bool), labels) == 0.0
+
+
 @pytest.mark.slow
 def test_bench_quality_runs_end_to_end(tmp_path):
     # About 40 s on two shared cores (MiniLM loads twice, two pipeline runs): marked slow.
@@ -299,9 +332,10 @@ def test_bench_quality_runs_end_to_end(tmp_path):
         methods = res["methods"]
         assert any(name.startswith("pipeline: ") for name in methods)
         # the defect-share table at smaller budgets: one row per method, shares in [0, 1]
-        assert list(res["sweep"]) == ["10%", "30%", "50%"]
-        for shares in res["sweep"].values():
-            assert "pipeline" in shares and all(0.0 <= v <= 1.0 for v in shares.values())
+        assert list(res["sweep"]) == ["5%", "10%", "30%", "50%"]
+        for cells in res["sweep"].values():
+            assert "pipeline" in cells and "same pipeline, strict quotas (balance 1)" in cells
+            assert all(0.0 <= v <= 1.0 for cell in cells.values() for v in cell.values())
         assert any(name.startswith("random") for name in methods) and "length only (topk score_length)" in methods
         assert any(name.startswith("topk learned:ridge") for name in methods)
         for values in methods.values():

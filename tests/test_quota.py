@@ -194,3 +194,82 @@ def test_quality_quota_fills_clusters_without_mass_when_the_others_are_full():
     assert q.tolist() == [5, 3, 4]
     q = quality_quota(np.array([5, 5]), 8, mass=np.array([1.0, np.nan]))
     assert q.tolist() == [5, 3]
+
+
+def brute_force_balanced(quotas, labels, quality, balance):
+    """The best summed quality over every per-cluster count vector within the bounds (each cluster takes its best
+    rows), by enumeration: independent of the greedy under test."""
+    import itertools
+
+    sizes = np.bincount(labels, minlength=quotas.size)
+    lower = np.floor(quotas / balance).astype(int)
+    upper = sizes if np.isinf(balance) else np.minimum(sizes, np.ceil(quotas * balance).astype(int))
+    best = -np.inf
+    for counts in itertools.product(*(range(lo, hi + 1) for lo, hi in zip(lower, upper))):
+        if sum(counts) != quotas.sum():
+            continue
+        total = sum(np.sort(quality[labels == j])[::-1][:c].sum() for j, c in enumerate(counts))
+        best = max(best, total)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("balance", [1.0, 1.5, 2.0, np.inf])
+def test_balanced_quota_is_the_best_within_its_bounds(seed, balance):
+    from selector.prototypes import keep_order
+    from selector.quota import balanced_quota
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, size=24)
+    labels[:4] = np.arange(4)  # every cluster non-empty
+    quality = rng.uniform(size=24)
+    sizes = np.bincount(labels, minlength=4)
+    quotas = proportional_quota(sizes, int(rng.integers(4, 20)))
+    order = keep_order(np.zeros(24, dtype=np.int64), quality)
+    q = balanced_quota(quotas, labels, order, balance)
+    assert q.sum() == quotas.sum() and np.all(q <= sizes)
+    assert np.all(q >= np.floor(quotas / balance)) and np.all(q <= np.ceil(quotas * balance))
+    got = sum(np.sort(quality[labels == j])[::-1][:c].sum() for j, c in enumerate(q))
+    assert got == pytest.approx(brute_force_balanced(quotas, labels, quality, balance))
+    if balance == 1:
+        np.testing.assert_array_equal(q, quotas)
+    if np.isinf(balance):  # plain top-k: the counts of the best rows of the pool
+        top = order[: quotas.sum()]
+        np.testing.assert_array_equal(q, np.bincount(labels[top], minlength=4))
+
+
+def test_balanced_quota_rejects_bad_balance_and_shapes():
+    from selector.quota import balanced_quota
+
+    for bad in (0.5, 0, -1, "2", True, float("nan"), None):
+        with pytest.raises(ConfigError, match="balance must be a number >= 1"):
+            balanced_quota(np.array([1, 1]), np.array([0, 1]), np.array([0, 1]), bad)
+    with pytest.raises(ConfigError, match="one entry per row"):
+        balanced_quota(np.array([1, 1]), np.array([0, 1]), np.array([0]), 2.0)
+
+
+def test_instructiongpt4_balance_trades_a_cluster_s_worst_rows_for_better_ones():
+    """Strict quotas keep a poor cluster's share; a balance lets better rows elsewhere replace its worst rows, but
+    never below half its share, and the selection stays deterministic and permutation invariant."""
+    from selector import select_arrays
+
+    rng = np.random.default_rng(1)
+    clusters = np.repeat([0, 1, 2], [40, 40, 20])
+    scores = rng.uniform(0.5, 1.0, size=100)
+    scores[40:60] = rng.uniform(0.0, 0.1, size=20)  # half of cluster 1 is junk
+    ids = np.array([f"r{i:03d}" for i in range(100)], dtype=object)
+    strict = select_arrays(None, 70, "instructiongpt4", scores=scores, clusters=clusters, ids=ids)
+    loose = select_arrays(None, 70, "instructiongpt4", scores=scores, clusters=clusters, ids=ids, balance=2)
+    junk = np.zeros(100, bool)
+    junk[40:60] = True
+    assert strict.mask.sum() == loose.mask.sum() == 70
+    assert strict.mask[junk].sum() == 8 and loose.mask[junk].sum() == 0  # quota 28 of cluster 1's 20 good rows
+    assert loose.mask[clusters == 1].sum() >= 14  # floor: half of the strict share
+    assert loose.info["all"]["strict_quota"] == strict.info["all"]["quota"] and loose.info["all"]["balance"] == 2.0
+    perm = rng.permutation(100)
+    again = select_arrays(
+        None, 70, "instructiongpt4", scores=scores[perm], clusters=clusters[perm], ids=ids[perm], balance=2
+    )
+    assert set(ids[perm][again.mask]) == set(ids[loose.mask])
+    with pytest.raises(ConfigError, match="balance"):
+        select_arrays(None, 70, "instructiongpt4", scores=scores, clusters=clusters, balance=0.5)

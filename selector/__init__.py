@@ -23,6 +23,7 @@ _LAZY = {
     "ExportReport": "selector.data",
     "run_checks": "selector.checks",
     "exact_duplicates": "selector.checks",
+    "copy_duplicates": "selector.copies",
     "near_duplicates": "selector.checks",
     "basic_rules": "selector.checks",
     "summarize_checks": "selector.checks",  # noqa: E501

@@ -140,9 +140,15 @@ Hard rules a kept row satisfies (NaN fails `min` and `max`): {{ stages.filters.n
 
 ### Near-duplicates
 
+{%- if stages.dedup.groups %}
+Rows that repeat each other (the same group id: {{ stages.dedup.groups }} rows removed): of each group, the best by \
+{{ stages.dedup.keep_by }} that passed the filters stayed (reason `dedup:dup_of=<id> group=<column>`).
+{%- endif %}
+{%- if stages.dedup.columns %}
 SemDeDup on {{ stages.dedup.columns }} before the strategy: of {{ stages.dedup.n_compared }} rows compared, \
-{{ stages.dedup.n_duplicates }} had a cosine similarity above {{ stages.dedup.threshold }} to a row kept before them \
+{{ stages.dedup.n_semdedup }} had a cosine similarity above {{ stages.dedup.threshold }} to a row kept before them \
 (kept: the best by {{ stages.dedup.keep_by }}) and were removed (reason `dedup:dup_of=<id> cos=...`).
+{%- endif %}
 {%- endif %}
 {%- if sources %}
 
@@ -551,12 +557,15 @@ def selection_stages(selection: Mapping[str, Any]) -> dict[str, Any]:
         }
     dedup = selection.get("dedup")
     if isinstance(dedup, dict):
+        groups = dedup.get("groups") if isinstance(dedup.get("groups"), dict) else {}
         out["dedup"] = {
             "columns": " + ".join(f"`{c}`" for c in dedup.get("columns", [])),
+            "groups": ", ".join(f"`{c}` {n}" for c, n in groups.get("counts", {}).items()),
             "n_compared": dedup.get("n_compared"),
             "n_duplicates": dedup.get("n_duplicates"),
+            "n_semdedup": (dedup.get("n_duplicates") or 0) - (groups.get("n_duplicates") or 0),
             "threshold": f"{1 - float(dedup.get('eps', 0)):g}",
-            "keep_by": dedup.get("keep_by"),
+            "keep_by": dedup.get("keep_by") or groups.get("keep_by"),
         }
     return out
 

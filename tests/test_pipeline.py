@@ -135,7 +135,7 @@ def test_stage_configurations_are_resolved():
     assert config.checks == {}
     assert config.filters == [{"column": "score_x", "min": 0.3}, {"column": "check_exact_dup_of", "is_null": True}]
     assert config.quality == {"columns": None}
-    assert config.dedup == {"columns": ["emb_x"], "eps": 0.05, "n_clusters": None, "engine": "local"}
+    assert config.dedup == {"columns": ["emb_x"], "groups": [], "eps": 0.05, "n_clusters": None, "engine": "local"}
     assert PipelineConfig(source="a", out="b").dedup is None  # off unless asked for
     assert parse_quality_arg("score_a:2:lower,score_b") == {
         "columns": [{"column": "score_a", "weight": 2.0, "direction": "lower"}, {"column": "score_b"}]
@@ -207,7 +207,13 @@ budget: 12
     )
     assert "### Near-duplicates" in card and "cosine similarity above 0.999" in card
     resolved = json.loads((run / "config.json").read_text())
-    assert resolved["dedup"] == {"columns": ["emb_text"], "eps": 0.001, "n_clusters": None, "engine": "local"}
+    assert resolved["dedup"] == {
+        "columns": ["emb_text"],
+        "groups": [],
+        "eps": 0.001,
+        "n_clusters": None,
+        "engine": "local",
+    }
     assert resolved["filters"][1] == {"column": "score_length", "min_quantile": 0.2}
     # the same rows as selecting from the scored folder with the same rules by hand
     from selector.pipeline import add_quality
@@ -353,3 +359,61 @@ def test_quality_from_a_trained_selector(tmp_path):
     assert np.allclose(raw, expected[~np.isnan(expected)][:5])  # the selector's top 5
     manifest = json.loads(open(os.path.join(result["selected"], "manifest.json")).read())
     assert manifest["quality"]["selector"] == str(tmp_path / "selector")
+
+
+def test_copy_groups_through_the_yaml_keep_the_best_copy_that_passes_the_filters(tmp_path):
+    """checks {copies: true} + dedup {groups: [check_copy_group]}: of a photo and its cropped copy (same
+    question), the one with the better quality stays, even when the earlier one fails a filter; the card and the
+    manifest say so, and other photos with the same question are untouched."""
+    from tests.test_copies import _crop, _scene
+
+    os.makedirs(tmp_path / "images")
+    records = []
+    for i in range(6):
+        _scene(100 + i).save(tmp_path / "images" / f"p{i}.png")
+        records.append({"id": f"p{i}", "image": f"images/p{i}.png", "answer": f"A picture of scene {i} with shapes."})
+    _crop(_scene(100), 0.9, 0.3, 0.6).save(tmp_path / "images" / "copy.png")
+    # the copy's answer is longer (better by the quality score below); the original is the group's earliest row
+    records.append({"id": "p6", "image": "images/copy.png", "answer": "A picture of scene 0 with several shapes."})
+    records[0]["answer"] = "Bad."  # and the original fails the filter
+    data = [
+        {
+            "id": r["id"],
+            "image": r["image"],
+            "conversations": [
+                {"from": "human", "value": "<image>\nDescribe the picture."},
+                {"from": "gpt", "value": r["answer"]},
+            ],
+        }
+        for r in records
+    ]
+    (tmp_path / "data.json").write_text(json.dumps(data))
+    config = tmp_path / "select.yaml"
+    config.write_text(
+        """
+source: data.json
+out: out
+checks: {min_side: 16, copies: true}
+metrics: [{metric: length}]
+quality: {columns: {score_length: 1}}
+filters: [{column: check_response_words, min: 2}]
+dedup: {groups: [check_copy_group]}
+strategy: topk
+budget: 7
+"""
+    )
+    assert main(["run", str(config), "--quiet"]) == 0
+    run = tmp_path / "out"
+    manifest = json.loads((run / "selected" / "manifest.json").read_text())
+    assert manifest["checks"]["copies"]["count"] == 1 and manifest["checks"]["copies"]["examples"] == [["p6", "p0"]]
+    assert manifest["dedup"]["groups"]["counts"] == {"check_copy_group": 0}  # p0 was filtered: p6 stays
+    subset = load_from_disk(str(run / "selected"))
+    assert sorted(subset["id"]) == ["p1", "p2", "p3", "p4", "p5", "p6"]
+    # without the filter the better copy (the longer answer) stays and the other is a group duplicate
+    config.write_text(config.read_text().replace("filters: [{column: check_response_words, min: 2}]\n", ""))
+    assert main(["run", str(config), "--quiet", "--overwrite"]) == 0
+    manifest = json.loads((run / "selected" / "manifest.json").read_text())
+    assert manifest["dedup"]["groups"]["counts"] == {"check_copy_group": 1}
+    assert manifest["counts"]["reasons"]["dedup"] == 1 and "p0" not in load_from_disk(str(run / "selected"))["id"]
+    card = (run / "selected" / "README.md").read_text()
+    assert "Rows that repeat each other" in card and "`check_copy_group` 1" in card

@@ -69,6 +69,7 @@ def test_select_writes_subset_and_manifest(tmp_path, capsys):
         "quota": "proportional",
         "clustering": "spectral",
         "backend": "auto",
+        "balance": 1.0,
     }
     assert manifest["counts"]["n_selected"] == 8 and manifest["counts"]["reasons"]["error"] == 1
     assert manifest["clusters"] == {str(c): {"rows": 10 - (c == 0), "selected": 2} for c in range(4)}

@@ -219,3 +219,73 @@ def test_quality_column_as_score_column_and_dedup_priority():
     assert sel.columns["scores"] == "score_quality"
     expected = np.argsort(-np.nan_to_num(np.asarray(scored["score_quality"], dtype=float), nan=-1), kind="stable")[:3]
     assert sorted(sel.indices.tolist()) == sorted(expected.tolist())
+
+
+def test_group_dedup_keeps_each_groups_best_row_that_passes_the_filters():
+    """Rows sharing a group id (check_copy_group) repeat each other: the best-scored eligible one stays, even
+    when the group's first row is a defect the filters removed; no group (None / NaN / "") is never touched."""
+    ids = [f"r{i}" for i in range(8)]
+    scores = np.array([0.9, 0.5, 0.7, 0.8, 0.1, 0.6, NAN, 0.3])
+    groups = np.array(["g0", "g0", "g0", "g1", "g1", None, "g1", ""], dtype=object)
+    bad = {"bad": [1.0, 0, 0, 1.0, 0, 0, 0, 0]}  # r0 (best of g0) and r3 (best of g1) fail a filter
+    sel = select_arrays(
+        None, 8, "topk", scores=scores, ids=ids, filters=["bad:max=0.5"], columns=bad, dedup_groups=groups
+    )
+    reasons = dict(zip(ids, sel.reason))
+    assert reasons["r0"].startswith("filter:") and reasons["r3"].startswith("filter:")
+    assert reasons["r1"] == "dedup:dup_of=r2 group=dedup_groups"  # g0: r2 (0.7) beats r1 (0.5)
+    assert reasons["r6"] == "dedup:dup_of=r4 group=dedup_groups"  # g1: a NaN score never beats a scored copy
+    assert {i for i, keep in zip(ids, sel.mask) if keep} == {"r2", "r4", "r5", "r7"}
+    report = sel.dedup_report
+    assert report["n_duplicates"] == 2 and report["groups"]["counts"] == {"dedup_groups": 2}
+    assert report["columns"] == [] and sel.summary()["reasons"]["dedup"] == 2
+
+
+def test_group_dedup_then_semdedup_and_order_invariance():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(10, 4)).astype(np.float32)
+    X[9] = X[8]  # an embedding duplicate outside any group
+    ids = [f"id{i:02d}" for i in range(10)]
+    scores = rng.uniform(size=10)
+    groups = np.array(["a", "a", "b", "b", "b", None, None, None, None, None], dtype=object)
+    kwargs = {"dedup_embeddings": X, "dedup_eps": 0.001, "dedup_groups": {"check_copy_group": groups}}
+    base = select_arrays(None, 10, "topk", scores=scores, ids=ids, **kwargs)
+    kinds = [r.split(" ")[-1] if reason_kind(r) == "dedup" else None for r in base.reason]
+    assert (
+        kinds.count("group=check_copy_group") == 3 and sum(k is not None and k.startswith("cos=") for k in kinds) == 1
+    )
+    assert base.dedup_report["n_duplicates"] == 4 and base.dedup_report["groups"]["n_duplicates"] == 3
+    perm = rng.permutation(10)
+    moved = select_arrays(
+        None,
+        10,
+        "topk",
+        scores=scores[perm],
+        ids=[ids[p] for p in perm],
+        dedup_embeddings=X[perm],
+        dedup_eps=0.001,
+        dedup_groups={"check_copy_group": groups[perm]},
+    )
+    assert set(np.asarray(ids)[base.mask]) == {ids[p] for p, keep in zip(perm, moved.mask) if keep}
+
+
+def test_group_dedup_through_select_the_yaml_and_the_cli(tmp_path, capsys):
+    from selector.cli import main
+    from selector.pipeline import parse_dedup
+
+    ds = _pool().add_column("check_copy_group", ["g" if i in (2, 3, 4) else None for i in range(12)])
+    sel = select(ds, 12, "topk:score_a", dedup_group="check_copy_group")
+    assert [r for r in sel.reason if reason_kind(r) == "dedup"] == ["dedup:dup_of=r04 group=check_copy_group"] * 2
+    assert sel.columns["dedup_group"] == ["check_copy_group"] and sel.columns["dedup"] == []
+    with pytest.raises(ConfigError, match="dedup_group='nope' is not a column"):
+        select(ds, 3, "topk:score_a", dedup_group="nope")
+    with pytest.raises(ConfigError, match="dedup_group must be a column name"):
+        select(ds, 3, "topk:score_a", dedup_group=3)
+    assert parse_dedup({"groups": "check_copy_group"})["groups"] == ["check_copy_group"]
+    with pytest.raises(ConfigError, match="name at least one"):
+        parse_dedup({"eps": 0.1})
+    ds.save_to_disk(str(tmp_path / "scored"))
+    command = ["select", str(tmp_path / "scored"), "--budget", "12", "--strategy", "topk:score_a"]
+    rc = main([*command, "--out", str(tmp_path / "picked"), "--dedup-group", "check_copy_group"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "removed 2 near-duplicates (groups check_copy_group 2)" in text

@@ -50,6 +50,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--max-hash-distance", type=int, default=4, metavar="BITS", help="near-duplicate threshold (default 4)"
     )
     checks.add_argument("--hash-method", default="auto", choices=("auto", "phash", "dhash"), help="default auto")
+    checks.add_argument(
+        "--copies",
+        action="store_true",
+        help="also find copies: rows with the same question and an edited copy (crop, resize, re-encode, "
+        "brightness) of another row's image (selector.copies; ~30 ms a row)",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -101,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
             min_response_words=args.min_response_words,
             min_response_chars=args.min_response_chars,
             languages=languages,
+            copies=args.copies,
         )
         checks_summary = summarize_checks(checked, n_examples=5)
     result = {
@@ -159,7 +166,14 @@ def _languages(value: str | None) -> list[str] | None:
 
 def _print_checks(checks: dict) -> None:
     print("checks (columns written by selector.checks; nothing is dropped):")
-    for key, label in (("exact_duplicates", "exact duplicates"), ("near_duplicates", "near-duplicate images")):
+    duplicates = (
+        ("exact_duplicates", "exact duplicates"),
+        ("near_duplicates", "near-duplicate images"),
+        ("copies", "copies (same question)"),
+    )
+    for key, label in duplicates:
+        if key not in checks:  # copies: only with run_checks(copies=True)
+            continue
         entry = checks[key]
         pairs = ", ".join(f"{a} ~ {b}" for a, b in entry["examples"])
         print(f"  {label + ':':<24}{entry['count']:>6}" + (f"  e.g. {pairs}" if pairs else ""))

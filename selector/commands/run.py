@@ -65,10 +65,9 @@ def report(result: dict) -> None:
         counts = ", ".join(f"{rule} {n}" for rule, n in selection.filter_report["counts"].items() if n)
         print(f"filtered:     {selection.filter_report['n_filtered']} rows ({counts or 'none failed'})")
     if selection is not None and selection.dedup_report:
-        dedup = selection.dedup_report
-        print(
-            f"deduplicated: {dedup['n_duplicates']} near-duplicates ({'+'.join(dedup['columns'])}, eps {dedup['eps']:g})"
-        )
+        from selector.selection import dedup_summary
+
+        print(f"deduplicated: {dedup_summary(selection.dedup_report)}")
     if result.get("quality"):
         quality = result["quality"]
         if quality.get("source") == "selector":

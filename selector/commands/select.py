@@ -7,7 +7,8 @@ reports, and warnings.
 
 Before the strategy: ``--quality`` (or ``--selector``) adds ``score_quality`` (stored in the output) and makes it
 the default ``--score-column``; ``--filter`` rules make failing rows ineligible (``filter:<rule>``); and
-``--dedup-column`` removes near-duplicates, keeping the best-scored copy (``dedup:dup_of=<id> cos=...``).
+``--dedup-column`` removes near-duplicates, keeping the best-scored copy (``dedup:dup_of=<id> cos=...``);
+``--dedup-group`` does the same for rows that share a group id (``check_copy_group``; ``dedup:dup_of=<id> group=...``).
 
 Adding a flag: declare it in :func:`add_parser` and turn it into a :func:`selector.selection.select` keyword in
 :func:`select_kwargs` (e.g. per-row ``scores`` from a learned selector). ``--budget`` follows the budget rule of
@@ -89,6 +90,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="EMB_COLUMN",
         help="remove near-duplicates in this emb_* column before the strategy (repeat for several: a pair must be "
         "similar in all of them); the copy with the best score is kept",
+    )
+    parser.add_argument(
+        "--dedup-group",
+        action="append",
+        default=[],
+        dest="dedup_groups",
+        metavar="COLUMN",
+        help="rows with the same non-null value in this column repeat each other (e.g. check_copy_group); of each "
+        "group's rows that pass the filters the best-scored is kept (repeatable)",
     )
     parser.add_argument(
         "--dedup-eps",
@@ -197,6 +207,7 @@ def select_kwargs(args: argparse.Namespace, dataset) -> dict:
         "dedup_eps": getattr(args, "dedup_eps", 0.05),
         "dedup_n_clusters": getattr(args, "dedup_n_clusters", None),
         "dedup_engine": getattr(args, "dedup_engine", "local"),
+        "dedup_group": list(getattr(args, "dedup_groups", None) or []) or None,
         "random_state": args.seed,
         **parse_options(args.option),
     }
@@ -211,7 +222,8 @@ def selection_result(selection) -> dict:
             "counts": selection.filter_report["counts"],
         }
     if selection.dedup_report:
-        result["dedup"] = {key: selection.dedup_report.get(key) for key in ("n_duplicates", "n_compared", "columns")}
+        keys = ("n_duplicates", "n_compared", "columns", "groups")
+        result["dedup"] = {key: selection.dedup_report.get(key) for key in keys}
     result["warnings"] = list(selection.warnings)
     return result
 
@@ -224,9 +236,9 @@ def print_summary(selection, out: str) -> None:
         counts = ", ".join(f"{rule} {n}" for rule, n in selection.filter_report["counts"].items())
         print(f"filtered {selection.filter_report['n_filtered']} rows ({counts})")
     if selection.dedup_report:
-        print(
-            f"removed {selection.dedup_report['n_duplicates']} near-duplicates of {selection.dedup_report['n_compared']}"
-        )
+        from selector.selection import dedup_summary
+
+        print(f"removed {dedup_summary(selection.dedup_report)}")
     for message in selection.warnings:
         print(f"warning: {message}")
     print(f"wrote {out}")

@@ -59,6 +59,13 @@ class Perplexity(ModelMetric):
       mid-sentence makes the end token unlikely.
     - ``score_<name>_truncated``: 1.0 where the sequence exceeded ``max_length`` tokens (the answer is cut to its
       first tokens, then the prefix loses its oldest tokens), else 0.0.
+    - ``score_<name>_order`` (with ``order=True``): how much the answer's word order helps the model, a
+      permutation check: the mean NLL per token of the same words in a seeded random order (the seed is a hash of
+      the answer text, so equal answers get equal values) minus the answer's own, both given the instruction,
+      in nats; **higher is better**. A sentence scores well above 0 (its order is far likelier than a shuffle);
+      word salad (shuffled, machine-garbled text) scores near 0, because its order is as arbitrary as the
+      shuffle's, which a plain perplexity does not separate from a hard but fluent answer. NaN for answers
+      under 3 words (too few to reorder). One more forward per row.
 
     Args:
         name: instance name, the column prefix.
@@ -73,6 +80,7 @@ class Perplexity(ModelMetric):
             ``batch_size * length * vocabulary`` for the answer logits.
         max_length: token limit of one sequence (also capped by the model's position limit).
         ifd: also compute IFD (a second forward per row).
+        order: also compute the word-order check ``score_<name>_order`` (one more forward per row).
         template: ``auto``, ``chat`` or ``plain`` (see above).
         instruction_field: the conditioning text (default ``instruction``).
         response_field: the scored text (default ``response``).
@@ -94,7 +102,7 @@ class Perplexity(ModelMetric):
 
     higher_is_better: ClassVar[bool] = False
     #: IFD high = the instruction explains the answer poorly; end high = the answer stops where the model would not.
-    part_higher_is_better: ClassVar[dict[str, bool]] = {"ifd": False, "end": False, "truncated": False}
+    part_higher_is_better: ClassVar[dict[str, bool]] = {"ifd": False, "end": False, "truncated": False, "order": True}
     requires: ClassVar[tuple[Requirement, ...]] = (
         Requirement("torch", "the perplexity metric"),
         Requirement("transformers", "the perplexity metric"),
@@ -112,6 +120,7 @@ class Perplexity(ModelMetric):
         batch_size: int = 8,
         max_length: int = 1024,
         ifd: bool = True,
+        order: bool = False,
         template: str = "auto",
         instruction_field: str = "instruction",
         response_field: str = "response",
@@ -125,6 +134,7 @@ class Perplexity(ModelMetric):
         self.batch_size = batch_size
         self.max_length = max_length
         self.ifd = ifd
+        self.order = order
         self.template = template
         self.instruction_field = instruction_field
         self.response_field = response_field
@@ -133,8 +143,8 @@ class Perplexity(ModelMetric):
         return list(dict.fromkeys(["id", *text_columns(self.instruction_field, self.response_field), "error"]))
 
     def output_columns(self) -> list[str]:
-        parts = ["ifd"] if self.ifd else []
-        return [self.column()] + [self.column(p) for p in (*parts, "end", "truncated")]
+        parts = (["ifd"] if self.ifd else []) + ["end", "truncated"] + (["order"] if self.order else [])
+        return [self.column()] + [self.column(p) for p in parts]
 
     def _validate(self) -> None:
         from selector.errors import ConfigError
@@ -145,6 +155,9 @@ class Perplexity(ModelMetric):
             value = getattr(self, option)
             if not isinstance(value, int) or isinstance(value, bool) or value < (1 if option == "batch_size" else 8):
                 raise ConfigError(f"perplexity {option} must be a positive integer (max_length >= 8), got {value!r}")
+        for option in ("ifd", "order"):
+            if not isinstance(getattr(self, option), bool):
+                raise ConfigError(f"perplexity {option} must be true or false, got {getattr(self, option)!r}")
 
     # -- loading -------------------------------------------------------------------------------------------
     def _load(self, device: str, torch_dtype) -> None:
@@ -241,11 +254,13 @@ class Perplexity(ModelMetric):
         self._ensure_loaded(rank)
         tok = self._tokenizer
         answer_ids = tok([answers[i] for i in todo], add_special_tokens=False)["input_ids"]
-        # (row, kind, prefix, answer): kind 0 = conditioned on the instruction, 1 = without it (IFD).
+        shuffled_ids = self._shuffled_answer_ids([answers[i] for i in todo]) if self.order else [None] * len(todo)
+        # (row, kind, prefix, answer): kind 0 = conditioned on the instruction, 1 = without it (IFD), 2 = the
+        # answer's words shuffled, conditioned on the instruction (order).
         seqs: list[tuple[int, int, list[int], list[int]]] = []
         empty_prefix = self._prefix_ids(None) if self.ifd else []
         n_cut = 0
-        for i, a_ids in zip(todo, answer_ids):
+        for i, a_ids, s_ids in zip(todo, answer_ids, shuffled_ids):
             if not a_ids:
                 continue
             prefix, cut_answer, cut = self._fit(self._prefix_ids(prompts[i]), a_ids)
@@ -255,6 +270,8 @@ class Perplexity(ModelMetric):
             if self.ifd:
                 # the same (possibly cut) answer tokens, so the ratio compares like with like
                 seqs.append((i, 1, self._fit(empty_prefix, cut_answer)[0], cut_answer))
+            if s_ids:
+                seqs.append((i, 2, *self._fit(self._prefix_ids(prompts[i]), s_ids)[:2]))
         if n_cut:
             self._n_truncated = getattr(self, "_n_truncated", 0) + n_cut
             logger.info("metric %r: %d of %d rows truncated to %d tokens", self.name, n_cut, len(todo), self._limit)
@@ -280,7 +297,16 @@ class Perplexity(ModelMetric):
                     out[self.column("ifd")][i] = math.exp(cond - uncond)
                 else:
                     self._count_failure(ids[i], "the model returned a non-finite loss without the instruction")
+            if (i, 2) in nll and math.isfinite(nll[i, 2][0]):
+                out[self.column("order")][i] = nll[i, 2][0] - cond
         return out
+
+    def _shuffled_answer_ids(self, answers: list[str]) -> list[list[int] | None]:
+        """Token ids of :func:`shuffle_words` of each answer (None where it gives None)."""
+        texts = [shuffle_words(answer) for answer in answers]
+        encoded = [t for t in texts if t is not None]
+        ids = iter(self._tokenizer(encoded, add_special_tokens=False)["input_ids"] if encoded else [])
+        return [next(ids) if t is not None else None for t in texts]
 
     def _forward(self, seqs: list[tuple[int, int, list[int], list[int]]]) -> list[tuple[float, float]]:
         """(mean answer NLL, end-token NLL) per sequence of one padded batch."""
@@ -329,6 +355,23 @@ class Perplexity(ModelMetric):
         ids = super().model_ids()
         ids["gguf_file"] = self.gguf_file
         return ids
+
+
+def shuffle_words(text: str) -> str | None:
+    """``text``'s whitespace-separated words in a random order seeded by a hash of ``text`` (the same text always
+    gives the same order), or None when it has fewer than 3 words or no reordering differs (``"no no no"``)."""
+    import random
+
+    from selector.rows import stable_hash
+
+    words = text.split()
+    if len(words) < 3:
+        return None
+    shuffled = list(words)
+    random.Random(int(stable_hash([text])[0])).shuffle(shuffled)
+    if shuffled == words:  # the shuffle drew the identity: rotate instead
+        shuffled = words[1:] + words[:1]
+    return " ".join(shuffled) if shuffled != words else None
 
 
 def gguf_cache_path(model_name_or_path: str, gguf_file: str) -> str | None:

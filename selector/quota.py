@@ -341,7 +341,8 @@ def balanced_quota(quotas, labels, order, balance: float) -> np.ndarray:
     ``min(|C_j|, ceil(q_j * balance))``; the rest of the budget goes to the best rows of the whole pool in
     ``order`` that fit under the upper bounds. This maximises the summed quality (in ``order``'s sense) under
     those bounds. The lower bound is DBP's class-balance floor (``balance_ratio`` = 1 / ``balance``); the upper
-    bound keeps one region from taking over a small budget.
+    bound keeps one region from taking over a small budget. A cluster whose quota is a fraction ``f`` of its rows
+    can drop all of its share ``d`` of poor rows when ``balance >= f / (1 - d)``.
 
     Args:
         quotas: (k,) quotas from any quota rule, summing to the budget.

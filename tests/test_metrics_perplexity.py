@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from metric_rows import turns
 
-from metrics.perplexity import Perplexity, gguf_cache_path
+from metrics.perplexity import Perplexity, gguf_cache_path, shuffle_words
 from selector.errors import ConfigError
 
 ENGLISH = [
@@ -64,6 +64,22 @@ def test_loss_matches_the_reference_and_ifd_is_the_ratio(tiny_causal_lm_path):
     assert Perplexity.higher_is_better is False
 
 
+def test_order_is_the_shuffled_answers_loss_minus_the_answers(tiny_causal_lm_path):
+    metric = Perplexity(model_name_or_path=tiny_causal_lm_path, ifd=False, order=True, batch_size=2)
+    pairs = [("What is this?", ENGLISH[0]), ("Describe it.", ENGLISH[2]), ("Q", "two words"), ("Q", "no no no")]
+    out = metric.score_batch(_batch(pairs))
+    assert metric.output_columns() == [f"score_perplexity{p}" for p in ("", "_end", "_truncated", "_order")]
+    for i, (q, a) in enumerate(pairs[:2]):
+        shuffled = shuffle_words(a)
+        assert shuffled != a and sorted(shuffled.split()) == sorted(a.split())
+        expected = _reference_nll(tiny_causal_lm_path, q, shuffled) - _reference_nll(tiny_causal_lm_path, q, a)
+        assert out["score_perplexity_order"][i] == pytest.approx(expected, abs=1e-4)
+    assert np.isnan(out["score_perplexity_order"][2:]).all()  # under 3 words; no other order exists
+    assert shuffle_words(ENGLISH[0]) == shuffle_words(ENGLISH[0])  # seeded by the text: equal answers, equal order
+    assert Perplexity.part_higher_is_better["order"] is True
+    assert "score_perplexity_order" not in Perplexity(model_name_or_path=tiny_causal_lm_path).output_columns()
+
+
 def test_only_answer_tokens_are_scored(tiny_causal_lm_path):
     metric = Perplexity(model_name_or_path=tiny_causal_lm_path)
     a = ENGLISH[1]
@@ -115,7 +131,12 @@ def test_nan_rows(tiny_causal_lm_path):
 
 @pytest.mark.parametrize(
     "params, message",
-    [({"template": "jinja"}, "template"), ({"batch_size": 0}, "batch_size"), ({"max_length": 4}, "max_length")],
+    [
+        ({"template": "jinja"}, "template"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"max_length": 4}, "max_length"),
+        ({"order": "yes"}, "order must be true or false"),
+    ],
 )
 def test_bad_options(tiny_causal_lm_path, params, message):
     with pytest.raises(ConfigError, match=message):
@@ -163,6 +184,16 @@ def test_gibberish_scores_higher_than_english_with_a_trained_tiny_lm(trained_lm_
     ppl, end = out["score_perplexity"], out["score_perplexity_end"]
     assert ppl[4:6].min() > ppl[:4].max() + 1.0, ppl
     assert end[6] > end[:4].max(), end  # the model expects the turn to end after a full sentence
+
+
+def test_word_salad_loses_the_order_check_with_a_trained_tiny_lm(trained_lm_path):
+    """Shuffled English is as likely as a re-shuffle of itself (order ~0); real sentences are far likelier than
+    their shuffles, though both use the same words."""
+    metric = Perplexity(model_name_or_path=trained_lm_path, ifd=False, order=True)
+    salad = [" ".join(reversed(s.rstrip(".").split())) + "." for s in ENGLISH[:3]]
+    pairs = [("Describe the picture.", s) for s in ENGLISH[:3] + salad]
+    order = metric.score_batch(_batch(pairs))["score_perplexity_order"]
+    assert order[:3].min() > order[3:].max() + 0.5, order
 
 
 def _smollm2():

@@ -10,6 +10,8 @@ key                 a row passes when
 ``min_quantile``    value ``>=`` the column's ``q``-quantile over the pool (NaN and None fail)
 ``max_quantile``    value ``<=`` the column's ``q``-quantile over the pool (NaN and None fail)
 ``is_null``         ``true``: the value is None or NaN; ``false``: it is neither
+``keep_null``       ``true``: a None or NaN value passes this rule's numeric conditions (for a column that is
+                    NaN by design where the test does not apply, e.g. ``score_perplexity_order`` under 3 words)
 ==================  ============================================================================================
 
 YAML (one mapping per rule; these keys and no others)::
@@ -30,7 +32,8 @@ Rules:
 - **Quantiles** are computed once per rule over the eligible rows' non-NaN values (numpy's linear
   interpolation), independently of the other rules, so the rule order never changes which rows pass. A column
   with no value in the pool has no quantile and every row fails that rule.
-- **NaN and None** fail every numeric condition; for ``is_null`` both count as null.
+- **NaN and None** fail every numeric condition (unless the rule has ``keep_null: true``); for ``is_null`` both
+  count as null.
 - **Counts and reasons.** A row failing several rules is counted under *each* rule it fails
   (:meth:`FilterResult.counts`), and its reason ``filter:<rule>`` names the *first* failing rule in the order
   given (:attr:`FilterResult.reason`); all its failing rules are in :attr:`FilterResult.failed`.
@@ -61,8 +64,8 @@ from selector.errors import ConfigError, DataError
 from selector.rows import column_array, usable_mask
 
 #: The keys a rule accepts (YAML keys = dataclass fields = CLI keys).
-RULE_KEYS = ("column", "min", "max", "min_quantile", "max_quantile", "is_null")
-_CONDITIONS = RULE_KEYS[1:]
+RULE_KEYS = ("column", "min", "max", "min_quantile", "max_quantile", "is_null", "keep_null")
+_CONDITIONS = RULE_KEYS[1:-1]
 _CLI_FORM = "COLUMN:KEY=VALUE[,KEY=VALUE...] (e.g. score_relevance:min=0.3)"
 _SCALAR_FEATURES = ("Value", "ClassLabel")
 
@@ -78,6 +81,7 @@ class FilterRule:
         min_quantile: keep values ``>=`` the pool's quantile at this level, in [0, 1].
         max_quantile: keep values ``<=`` the pool's quantile at this level, in [0, 1].
         is_null: True keeps only null (None/NaN) values, False only non-null ones.
+        keep_null: True lets null values pass the numeric conditions (by default they fail them).
 
     Raises:
         ConfigError: no column, no condition, a vector (``emb_*``) column, a non-number bound, a quantile outside
@@ -95,6 +99,7 @@ class FilterRule:
     min_quantile: float | None = None
     max_quantile: float | None = None
     is_null: bool | None = None
+    keep_null: bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.column, str) or not self.column.strip():
@@ -122,6 +127,11 @@ class FilterRule:
             )
         if self.is_null and self.has_numeric_condition:
             raise ConfigError(f"filter on {self.column!r}: is_null=true with a numeric bound keeps no row")
+        if self.keep_null is not None:
+            if not isinstance(self.keep_null, (bool, np.bool_)):
+                raise ConfigError(f"filter on {self.column!r}: keep_null must be true or false, got {self.keep_null!r}")
+            if self.keep_null and not self.has_numeric_condition:
+                raise ConfigError(f"filter on {self.column!r}: keep_null=true needs min, max or a quantile")
 
     @property
     def has_numeric_condition(self) -> bool:
@@ -140,7 +150,8 @@ class FilterRule:
             parts.append(f"{self.column}<=quantile({_fmt(self.max_quantile)})")
         if self.is_null is not None:
             parts.append(f"{self.column} is {'null' if self.is_null else 'not null'}")
-        return " and ".join(parts)
+        text = " and ".join(parts)
+        return f"{text} or null" if self.keep_null else text
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML form, only the keys that are set (for manifests and resolved configs)."""
@@ -150,7 +161,7 @@ class FilterRule:
         """The ``--filter`` form, which :func:`parse_filter` reads back to an equal rule."""
         conditions = self.to_dict()
         column = conditions.pop("column")
-        items = (f"{k}={str(v).lower() if k == 'is_null' else _fmt(v)}" for k, v in conditions.items())
+        items = (f"{k}={str(v).lower() if k in ('is_null', 'keep_null') else _fmt(v)}" for k, v in conditions.items())
         return column + ":" + ",".join(items)
 
     def evaluate(self, values: np.ndarray, pool: np.ndarray) -> tuple[np.ndarray, dict[str, float | None]]:
@@ -187,6 +198,8 @@ class FilterRule:
                 threshold = float(np.quantile(reference, q))
                 bounds[f"{key}_quantile"] = threshold
                 passed &= op(numbers, threshold, where=finite, out=np.zeros_like(passed))
+        if self.keep_null:
+            passed |= null  # null values skip the numeric conditions (is_null can't be set with them)
         return passed, bounds
 
 

@@ -114,6 +114,8 @@ def test_unknown_yaml_key_names_the_accepted_keys():
         ({"column": "", "min": 1}, "needs a column name"),
         ({"column": "s", "min": [1]}, "min must be a number"),
         ({"column": "s", "is_null": "yes"}, "is_null must be true or false"),
+        ({"column": "s", "min": 0, "keep_null": "yes"}, "keep_null must be true or false"),
+        ({"column": "s", "is_null": False, "keep_null": True}, "keep_null=true needs min, max or a quantile"),
         (["s", "min"], "must be a mapping"),
     ],
 )
@@ -129,6 +131,18 @@ def test_bad_yaml_rules(item, fragment):
 def test_min_rule_nan_and_none_fail():
     res = apply_filters(_data(), ["score_relevance:min=0.3"])
     assert res.passed.tolist() == [True, False, False, True, True, False]
+
+
+def test_keep_null_lets_nan_and_none_pass_the_numeric_conditions():
+    rule = parse_filter("score_relevance:min=0.3,keep_null=true")
+    assert str(rule) == "score_relevance>=0.3 or null" and parse_filter(rule.to_cli()) == rule
+    res = apply_filters(_data(), [rule])
+    plain = apply_filters(_data(), ["score_relevance:min=0.3"])
+    values = _data()["score_relevance"]
+    null = np.array([v is None or v != v for v in values])
+    assert null.any() and res.passed.tolist() == (plain.passed | null).tolist()
+    quantile = apply_filters(_data(), [{"column": "score_relevance", "min_quantile": 0.5, "keep_null": True}])
+    assert quantile.passed[null].all()
 
 
 def test_max_rule_nan_and_none_fail_and_bound_is_inclusive():

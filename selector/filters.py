@@ -129,7 +129,9 @@ class FilterRule:
             raise ConfigError(f"filter on {self.column!r}: is_null=true with a numeric bound keeps no row")
         if self.keep_null is not None:
             if not isinstance(self.keep_null, (bool, np.bool_)):
-                raise ConfigError(f"filter on {self.column!r}: keep_null must be true or false, got {self.keep_null!r}")
+                raise ConfigError(
+                    f"filter on {self.column!r}: keep_null must be true or false, got {self.keep_null!r}"
+                )
             if self.keep_null and not self.has_numeric_condition:
                 raise ConfigError(f"filter on {self.column!r}: keep_null=true needs min, max or a quantile")
 

@@ -292,7 +292,7 @@ def test_dedup_step_on_ray_equals_local(ray_cluster, tmp_path, monkeypatch):
     # `vlselect run`'s dedup block and `vlselect select --dedup-engine` take the same path
     dedup = {"columns": "emb_x", "engine": "ray"}
     config = PipelineConfig(source="x", out=str(tmp_path / "run"), strategy="topk:score_q", budget=250, dedup=dedup)
-    assert config.dedup == {"columns": ["emb_x"], "eps": 0.05, "n_clusters": None, "engine": "ray"}
+    assert config.dedup == {"columns": ["emb_x"], "groups": [], "eps": 0.05, "n_clusters": None, "engine": "ray"}
     assert list(select_scored(ds, config).reason) == list(select(ds, 250, "topk", **run).reason)
     assert len(calls) == 3
     ds.save_to_disk(str(tmp_path / "scored"))

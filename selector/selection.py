@@ -5,10 +5,12 @@ Public API::
 
     select(ds, budget, strategy, *, embedding_column=None, score_column=None, cluster_column=None,
            stratify_column=None, scores=None, filters=None, dedup_column=None, dedup_eps=0.05,
-           dedup_n_clusters=None, dedup_engine="local", id_column="id", random_state=0, **options) -> Selection
+           dedup_n_clusters=None, dedup_engine="local", dedup_group=None, id_column="id", random_state=0,
+           **options) -> Selection
     select_arrays(embeddings, budget, strategy, *, scores=None, ids=None, errors=None, clusters=None,
                   strata=None, filters=None, columns=None, dedup_embeddings=None, dedup_eps=0.05,
-                  dedup_n_clusters=None, dedup_engine="local", random_state=0, **options) -> Selection
+                  dedup_n_clusters=None, dedup_engine="local", dedup_groups=None, random_state=0,
+                  **options) -> Selection
     select_dataset(ds, selection, keep_rejected=False) -> datasets.Dataset
 
 ``budget`` is read by :func:`selector.rows.parse_budget`: an int count, a whole float (``200.0`` is 200 rows), a
@@ -29,7 +31,10 @@ Policies, applied once by the wrapper for every strategy (built-in or plugged in
    ``"score_relevance:min=0.2"`` or ``{"column": "check_exact_dup_of", "is_null": True}``) run on the rows still
    eligible (quantiles are taken over them); a row failing a rule is never selected (reason ``filter:<rule>``,
    naming the first rule it fails); per-rule counts are in ``Selection.filter_report``;
-4. dedup (``dedup_column=``, one ``emb_*`` column or several): SemDeDup (:func:`selector.prototypes.semdedup`)
+4. dedup. First the groups (``dedup_group=``, columns such as ``check_copy_group`` whose equal non-null values
+   mark rows that repeat each other): of each group's rows still eligible the best-scored stays (same keep order
+   as below), the others get ``dedup:dup_of=<kept id> group=<column>``. Then (``dedup_column=``, one ``emb_*``
+   column or several) SemDeDup (:func:`selector.prototypes.semdedup`)
    over the rows still eligible, before any strategy clusters them, whatever the strategy. Several columns are
    each L2-normalised, concatenated and normalised again, so the cosine of two rows is the mean of their per-column
    cosines, and a pair counts as a near-duplicate (cosine ``> 1 - dedup_eps``) only when it is similar in (nearly)

@@ -229,6 +229,11 @@ def test_inspect_checks_report(dataset, tmp_path, capsys):
     assert report["checks"]["near_duplicates"]["count"] >= 2
     assert main(["inspect", source, "--checks", "--json", "--languages", "none", "--hash-method", "dhash"]) == 0
     assert json.loads(capsys.readouterr().out) == report
+    assert "copies" not in report["checks"]  # only with --copies
+    assert main(["inspect", source, "--checks", "--copies", "--quiet", "--languages", "none"]) == 0
+    # the same question about the same picture: a byte copy, another answer, a resized copy (and "wide", a stretched
+    # coffee cup, with "short"'s coffee photo: the same picture at another aspect ratio)
+    assert "copies (same question):      5  e.g. a-copy ~ a, a-other-text ~ a, a-small ~ a" in capsys.readouterr().out
 
 
 def test_inspect_checks_missing_extra_is_a_one_line_error(dataset, tmp_path, monkeypatch, capsys):

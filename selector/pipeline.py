@@ -7,12 +7,14 @@ finished shards (see :mod:`selector.scoring`), and selection is cheap and rewrit
 The stages, each optional except scoring and selection:
 
 1. ``checks``: :func:`selector.checks.run_checks` adds ``check_*`` columns (exact duplicates, near-duplicate image
-   hashes, basic rules); they drop nothing by themselves, filters use them;
+   hashes, copies, basic rules); they drop nothing by themselves, filters and dedup use them; a re-run on the same
+   rows with the same options reads them back from ``out/checks/`` (:func:`checked_dataset`);
 2. ``metrics``: :func:`selector.scoring.score` adds ``score_*``/``emb_*``/``cluster_*`` columns;
 3. ``quality``: one ``score_quality`` column (:mod:`selector.quality`) from several score columns or a trained
    learned selector; it becomes the default ``score_column``, and is stored in the selected output;
 4. selection (:func:`selector.selection.select`): ``filters`` (hard rules, reason ``filter:<rule>``), ``dedup``
-   (SemDeDup on one or several embedding columns, the best-scored copy kept), then the ``strategy``;
+   (group columns such as ``check_copy_group``, then SemDeDup on one or several embedding columns; the
+   best-scored copy kept), then the ``strategy``;
 5. the dataset card, with the checks, filter, quality and dedup reports of the manifest.
 
 ``selector/configs/recommended.yaml`` (``vlselect run --example`` prints it) is the documented default multimodal
@@ -415,7 +417,7 @@ def _run_pipeline_locked(config: PipelineConfig, *, dataset, progress: bool) -> 
         if config.limit is not None:
             # checks compare rows with each other: run them on the rows that will be scored, not the whole file.
             dataset = dataset.select(range(min(config.limit, len(dataset))))
-        dataset = run_checks(dataset, **config.checks)
+        dataset = checked_dataset(dataset, config.checks, os.path.join(config.out, CHECKS_DIR), run=run_checks)
         checks_summary = summarize_checks(dataset)
     scored_dir = os.path.join(config.out, "scored")
     scored = score(
@@ -452,6 +454,79 @@ def _run_pipeline_locked(config: PipelineConfig, *, dataset, progress: bool) -> 
         "quality": quality_report,
         "checks": checks_summary,
     }
+
+
+#: Run subfolder where the check columns of the last run are kept, so a re-run does not check again.
+CHECKS_DIR = "checks"
+_CHECKS_CACHE_VERSION = 1
+
+
+def checked_dataset(dataset, options: dict[str, Any], folder: str, *, run=None):
+    """``run_checks(dataset, **options)``, or the same columns from ``folder`` when an earlier run checked the same
+    rows (the loaded dataset's fingerprint, which stats the source and image files) with the same options.
+
+    The checks read every image (and with ``copies`` align pairs of them), which a re-run of a long job should not
+    redo. The result keeps the fingerprint the first run's checked dataset had, so the scoring stage that follows
+    resumes its shards too. Without a fingerprint (an in-memory dataset) nothing is cached.
+    """
+    import hashlib
+    import json
+
+    from selector.checks import run_checks
+    from selector.fileio import atomic_open, read_json
+
+    run = run or run_checks
+    fingerprint = getattr(dataset, "_fingerprint", None)
+    if not fingerprint:
+        return run(dataset, **options)
+    blob = json.dumps([_CHECKS_CACHE_VERSION, fingerprint, options], sort_keys=True, default=str)
+    key = hashlib.sha256(blob.encode()).hexdigest()[:32]
+    state_path, table_path = os.path.join(folder, "state.json"), os.path.join(folder, "columns.parquet")
+    cached = _cached_checks(dataset, key, state_path, table_path, read_json)
+    if cached is not None:
+        return cached
+    checked = run(dataset, **options)
+    import pyarrow.parquet as pq
+
+    names = [c for c in checked.column_names if c.startswith("check_")]
+    table = checked.select_columns(["id", *names]).with_format("arrow")[:]
+    os.makedirs(folder, exist_ok=True)
+    with atomic_open(table_path, "wb") as handle:
+        pq.write_table(table, handle)
+    write_json(state_path, {"key": key, "fingerprint": checked._fingerprint, "columns": names})
+    return checked
+
+
+def _cached_checks(dataset, key: str, state_path: str, table_path: str, read_json):
+    """The dataset with the cached check columns, or None when the cache is missing, stale or unreadable."""
+    from datasets import Features
+
+    from selector.errors import DataError
+
+    try:
+        state = read_json(state_path)
+    except (DataError, OSError):
+        return None
+    if not isinstance(state, dict) or state.get("key") != key or not os.path.exists(table_path):
+        return None
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(table_path)
+    except (OSError, ValueError) as exc:
+        logger.warning("%s could not be read (%s); checking again", table_path, exc)
+        return None
+    names = state.get("columns") or []
+    if table.column_names != ["id", *names] or table.column("id").to_pylist() != list(dataset["id"]):
+        return None
+    features = Features.from_arrow_schema(table.schema)
+    out = dataset.remove_columns([c for c in names if c in dataset.column_names])
+    for i, name in enumerate(names):
+        # the last column takes the fingerprint the first run's checks produced: scoring resumes from it
+        last = {"new_fingerprint": state["fingerprint"]} if i == len(names) - 1 else {}
+        out = out.add_column(name, table.column(name).to_pylist(), feature=features[name], **last)
+    logger.info("checks: %d columns from the earlier run (%s), not computed again", len(names), table_path)
+    return out
 
 
 def select_scored(scored, config: PipelineConfig, *, budget=None, quality_report: dict[str, Any] | None = None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -417,3 +418,50 @@ budget: 7
     assert manifest["counts"]["reasons"]["dedup"] == 1 and "p0" not in load_from_disk(str(run / "selected"))["id"]
     card = (run / "selected" / "README.md").read_text()
     assert "Rows that repeat each other" in card and "`check_copy_group` 1" in card
+
+
+def test_a_rerun_reads_the_checks_from_the_run_folder_and_resumes_scoring(tmp_path, monkeypatch):
+    """The checks read every image: a re-run with the same rows and options takes their columns from
+    `out/checks/` and gives the scoring stage the same input fingerprint, so nothing is computed twice; other
+    options (or changed rows) check again."""
+    import selector.checks as checks_module
+
+    config = tmp_path / "select.yaml"
+    config.write_text(
+        f"""
+source: {EXAMPLE_DATA}
+out: out
+checks: {{min_side: 16, copies: true}}
+metrics: [{{metric: length}}]
+filters: [{{column: check_exact_dup_of, is_null: true}}]
+strategy: topk:score_length
+budget: 10
+"""
+    )
+    assert main(["run", str(config), "--quiet"]) == 0
+    run = tmp_path / "out"
+    first = load_from_disk(str(run / "selected"))
+    manifest = json.loads((run / "scored" / "manifest.json").read_text())
+    assert (run / "checks" / "columns.parquet").exists()
+
+    calls = []
+    real = checks_module.run_checks
+
+    @functools.wraps(real)  # the same signature: the YAML's check options are validated against it
+    def counted(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checks_module, "run_checks", counted)
+    assert main(["run", str(config), "--quiet"]) == 0
+    assert calls == []
+    again = json.loads((run / "scored" / "manifest.json").read_text())
+    assert again["input"]["fingerprint"] == manifest["input"]["fingerprint"]
+    second = load_from_disk(str(run / "selected"))
+    assert list(second["id"]) == list(first["id"])
+    scores = [np.asarray(ds["check_copy_score"], dtype=float) for ds in (first, second)]
+    np.testing.assert_array_equal(*scores)  # NaN where a row had no candidate, in both
+    # other options: the checks run again
+    config.write_text(config.read_text().replace("min_side: 16", "min_side: 17"))
+    assert main(["run", str(config), "--quiet"]) == 0
+    assert len(calls) == 1 and calls[0]["min_side"] == 17

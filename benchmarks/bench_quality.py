@@ -283,12 +283,13 @@ def budget_sweep(ds, config, labels: list[dict], seeds: int) -> dict[str, dict[s
         shares = [float(defect[m].mean()) if m.any() else float("nan") for m in masks]
         return {"defects": float(np.mean(shares)), "coverage": float(np.mean([coverage(m, labels) for m in masks]))}
 
+    variants = pipeline_variants(config)
     table: dict[str, dict[str, dict[str, float]]] = {}
     for fraction in SWEEP:
         budget = max(1, round(fraction * len(labels)))
         key = f"{100 * fraction:.0f}%"
         table[key] = {"pipeline": measure([select_scored(ds, config, budget=budget).mask])}
-        for name, variant_config in pipeline_variants(config).items():
+        for name, variant_config in variants.items():
             table[key][name] = measure([select_scored(ds, variant_config, budget=budget).mask])
         randoms = [selector.select(ds, budget, "random", random_state=s).mask for s in range(seeds)]
         table[key][f"random (mean of {seeds} seeds)"] = measure(randoms)

@@ -356,6 +356,13 @@ def batch_texts(batch: dict[str, list], field: str) -> list[str | None]:
     return [value if isinstance(value, str) else None for value in batch[field]]
 
 
+def split_columns(spec: Any) -> list[Any]:
+    """A column option as a list: ``"emb_a, emb_b"`` (comma-separated) or a list; empty entries dropped. The
+    caller checks what the list must hold."""
+    names = [c.strip() for c in spec.split(",")] if isinstance(spec, str) else list(spec or ())
+    return [c for c in names if c]
+
+
 def usable_embeddings(columns: dict[str, Any], names: list[str], what: str) -> tuple[np.ndarray, list[np.ndarray]]:
     """The embedding columns ``names`` of a pool as float32 ``(n, d)`` arrays, and the rows usable in all of them.
 

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from metrics.base import DatasetMetric
+from metrics.base import DatasetMetric, split_columns
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +85,7 @@ class Diversity(DatasetMetric):
         from selector.errors import ConfigError
 
         spec = self.embedding_column
-        names = [c.strip() for c in spec.split(",")] if isinstance(spec, str) else list(spec or ())
-        names = [c for c in names if c]
+        names = split_columns(spec)
         if not names or not all(isinstance(c, str) for c in names):
             raise ConfigError(f"embedding_column must name one or more embedding columns, got {spec!r}")
         if len(set(names)) != len(names):

@@ -490,12 +490,7 @@ class Judge(ModelMetric):
             prompt_tokens = text_tokens
             completion_tokens = requests * self.max_tokens
             basis = f"{CHARS_PER_TOKEN:g} characters per token; completion at most max_tokens={self.max_tokens}"
-        if stats["requests"]:
-            seconds = requests * stats["seconds"] / stats["requests"]
-        elif n_scored and elapsed:
-            seconds = requests * elapsed / n_scored
-        else:
-            seconds = None
+        seconds = remaining_seconds(requests, stats, n_scored=n_scored, elapsed=elapsed)
         cost = None
         if self.price_input_per_mtok is not None or self.price_output_per_mtok is not None:
             cost = (
@@ -585,3 +580,15 @@ def format_duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def remaining_seconds(
+    requests: int, stats: dict[str, float], *, n_scored: int | None = None, elapsed: float | None = None
+) -> float | None:
+    """Seconds for ``requests`` more requests: at the rate measured in this process (``stats``: ``requests`` and
+    ``seconds`` so far), else at ``elapsed / n_scored`` of the rows scored in worker processes, else None."""
+    if stats["requests"]:
+        return requests * stats["seconds"] / stats["requests"]
+    if n_scored and elapsed:
+        return requests * elapsed / n_scored
+    return None

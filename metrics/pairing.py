@@ -22,7 +22,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from metrics.base import DatasetMetric
+from metrics.base import DatasetMetric, split_columns
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +102,7 @@ class Pairing(DatasetMetric):
         from selector.errors import ConfigError
 
         spec = self.columns
-        names = [c.strip() for c in spec.split(",")] if isinstance(spec, str) else list(spec or ())
-        names = [c for c in names if isinstance(c, str) and c]
+        names = [c for c in split_columns(spec) if isinstance(c, str)]
         if len(names) != 2 or names[0] == names[1]:
             raise ConfigError(f"pairing columns must name two different embedding columns, got {spec!r}")
         return names

@@ -372,19 +372,15 @@ def balanced_quota(quotas, labels, order, balance: float) -> np.ndarray:
     lower = np.floor(quotas / balance).astype(np.int64)
     upper = sizes if np.isinf(balance) else np.minimum(sizes, np.ceil(quotas * balance).astype(np.int64))
     # each row's rank inside its cluster along `order`: rows below the lower bound are taken already, rows at or
-    # past the upper bound can't be; of the others, the first `left` in pool order fill the rest of the budget.
+    # past the upper bound can't be; of the others, the first in pool order fill the rest of the budget.
     sorted_labels = labels[order]
-    rank = np.empty(labels.size, dtype=np.int64)
-    counts = np.zeros(quotas.size, dtype=np.int64)
     grouped = np.argsort(sorted_labels, kind="stable")
-    starts = np.r_[0, np.cumsum(np.bincount(sorted_labels, minlength=quotas.size))[:-1]]
-    rank[grouped] = np.arange(labels.size) - np.repeat(starts, np.bincount(sorted_labels, minlength=quotas.size))
+    starts = np.cumsum(sizes) - sizes  # where each cluster's rows begin in `grouped`
+    rank = np.empty(labels.size, dtype=np.int64)
+    rank[grouped] = np.arange(labels.size) - starts[sorted_labels[grouped]]
     open_ = (rank >= lower[sorted_labels]) & (rank < upper[sorted_labels])
-    left = int(quotas.sum() - lower.sum())
-    taken = np.flatnonzero(open_)[:left]
-    counts += lower
-    counts += np.bincount(sorted_labels[taken], minlength=quotas.size)
-    return counts
+    taken = np.flatnonzero(open_)[: int(quotas.sum() - lower.sum())]
+    return lower + np.bincount(sorted_labels[taken], minlength=quotas.size)
 
 
 def compute_quota(method: str, sizes, budget: int, **kwargs) -> np.ndarray:

@@ -15,7 +15,7 @@ import pytest
 from scoring_helpers import write_qa_rows
 
 from metrics.base import Metric
-from metrics.judge import format_duration
+from metrics.judge import format_duration, remaining_seconds
 from selector.cli import main
 from selector.commands import score as score_command
 
@@ -76,12 +76,7 @@ class FakeJudge(SlowMetric):
     def estimate(self, dataset, *, n_scored=None, elapsed=None):
         stats = self._stats()
         requests = len(dataset) - (n_scored or 0)  # the scored rows are answered (cached)
-        if stats["requests"]:
-            seconds = requests * stats["seconds"] / stats["requests"]
-        elif n_scored and elapsed:
-            seconds = requests * elapsed / n_scored
-        else:
-            seconds = None
+        seconds = remaining_seconds(requests, stats, n_scored=n_scored, elapsed=elapsed)
         return {"requests": requests, "seconds": seconds, "this_process": dict(stats)}
 
     def format_estimate(self, est) -> str:

@@ -469,6 +469,9 @@ class ModelMetric(Metric):
         logger.info("loading %s for metric %r on %s (%s)", self.model_name_or_path, self.name, device, torch_dtype)
         from selector.errors import ConfigError, VLSelectError
 
+        problem = unavailable_model(self.name, self.model_name_or_path, self.revision) if self._from_hub() else None
+        if problem:  # say so without asking the Hub (offline, the libraries would only fail later, the same way)
+            raise ConfigError(problem)
         try:
             self._load(device, torch_dtype)
         except VLSelectError:
@@ -485,6 +488,12 @@ class ModelMetric(Metric):
 
     def _hub_kwargs(self) -> dict[str, Any]:
         return {"revision": self.revision} if self.revision else {}
+
+    def _from_hub(self) -> bool:
+        """Whether ``model_name_or_path`` is a folder or a Hub id that the libraries load: then a missing folder, or
+        offline an id not in the cache, is reported before loading. False by default (a plugin may name its model
+        any way); the built-in metrics that load with ``from_pretrained`` say True."""
+        return False
 
     def _count_failure(self, row_id: object, reason: str) -> None:
         self._n_failed = getattr(self, "_n_failed", 0) + 1
@@ -503,30 +512,77 @@ class ModelMetric(Metric):
         }
 
 
+def _looks_local(path: str) -> bool:
+    """A path no Hub id can be: absolute, ``./``, ``~`` or with more than one ``/``."""
+    return os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def unavailable_model(name: str, model_name_or_path: str, revision: str | None = None) -> str | None:
+    """The one-line reason a metric's model can't be loaded, found without loading or asking the Hub: a local path
+    that does not exist, or (with ``HF_HUB_OFFLINE``) a Hub id that is not in the local cache; None otherwise."""
+    path = os.fspath(model_name_or_path)
+    if os.path.exists(os.path.expanduser(path)):
+        return None
+    if _looks_local(path):
+        return f"metric {name!r}: model folder {path} does not exist"
+    if _hub_offline() and cached_snapshot(path, revision) is None:
+        return f"metric {name!r}: cannot load model {path!r} (HF_HUB_OFFLINE is set and it is not in the local cache)"
+    return None
+
+
 def model_load_error(name: str, model_name_or_path: str, exc: BaseException) -> str:
     """The one-line reason a metric's model could not be loaded (``exc`` is the loader's ``OSError``)."""
     path = os.fspath(model_name_or_path)
     first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-    local = os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1
-    if local and not os.path.exists(os.path.expanduser(path)):
+    if _looks_local(path) and not os.path.exists(os.path.expanduser(path)):
         return f"metric {name!r}: model folder {path} does not exist"
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    hint = " (HF_HUB_OFFLINE is set and it is not in the local cache)" if offline and not os.path.exists(path) else ""
+    hint = (
+        " (HF_HUB_OFFLINE is set and it is not in the local cache)"
+        if _hub_offline() and not os.path.exists(path)
+        else ""
+    )
     return f"metric {name!r}: cannot load model {path!r}{hint}: {first}"[:600]
 
 
+def cached_snapshot(repo_id: str, revision: str | None = None) -> str | None:
+    """The folder of the locally cached Hub snapshot of model ``repo_id`` at ``revision`` (default ``main``), read
+    from the Hub cache's own layout (``models--org--name/refs/<revision>`` holds the commit, and
+    ``snapshots/<commit>/`` its files): no network and no download call. None for anything that is not a valid
+    repo id, or not cached."""
+    import re
+
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return None
+    repo = os.path.join(constants.HF_HUB_CACHE, "models--" + repo_id.replace("/", "--"))
+    ref = revision or "main"
+    commit = ref if re.fullmatch(r"[0-9a-f]{40}", ref) else None
+    if commit is None:
+        try:
+            with open(os.path.join(repo, "refs", ref), encoding="utf-8") as handle:
+                commit = handle.read().strip()
+        except OSError:
+            return None
+    snapshot = os.path.join(repo, "snapshots", commit)
+    return snapshot if commit and os.path.isdir(snapshot) else None
+
+
 def resolved_revision(model_name_or_path: str, revision: str | None = None) -> str | None:
-    """Commit hash of the locally cached Hub snapshot of ``model_name_or_path`` (None for local folders)."""
+    """Commit hash of the locally cached Hub snapshot of ``model_name_or_path`` (None for local folders and for ids
+    that are not cached)."""
     if os.path.isdir(model_name_or_path):
         return None
-    try:
-        from huggingface_hub import snapshot_download
-
-        path = snapshot_download(model_name_or_path, revision=revision, local_files_only=True)
-    except Exception as exc:  # not cached / offline: the manifest records None instead of guessing
-        logger.debug("no cached snapshot for %s: %s", model_name_or_path, exc)
-        return None
-    return os.path.basename(os.path.normpath(path))
+    snapshot = cached_snapshot(model_name_or_path, revision)
+    return None if snapshot is None else os.path.basename(snapshot)
 
 
 def load_clip_family(model_name_or_path: str, torch_dtype, hub_kwargs: dict, *, require_features: bool = False):

@@ -114,6 +114,9 @@ class ClipScore(ModelMetric):
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         check_num_workers(self.num_workers)
 
+    def _from_hub(self) -> bool:
+        return True
+
     def _load(self, device: str, torch_dtype) -> None:
         model, processor, self._pad = load_clip_family(
             self.model_name_or_path, torch_dtype, self._hub_kwargs(), require_features=True

@@ -164,6 +164,9 @@ class EmbeddingMetric(ModelMetric):
                 f"got {self.model_name_or_path!r}"
             )
 
+    def _from_hub(self) -> bool:
+        return not self._is_efficientnet()
+
     def _is_efficientnet(self) -> bool:
         return self.backend == "efficientnet-lite" or (
             self.backend == "auto" and self.model_name_or_path in EFFICIENTNET_LITE_MODELS

@@ -160,6 +160,9 @@ class Perplexity(ModelMetric):
                 raise ConfigError(f"perplexity {option} must be true or false, got {getattr(self, option)!r}")
 
     # -- loading -------------------------------------------------------------------------------------------
+    def _from_hub(self) -> bool:
+        return True
+
     def _load(self, device: str, torch_dtype) -> None:
         import inspect
 

@@ -101,6 +101,9 @@ class RelevanceScore(ModelMetric):
 
     # The work is done by the existing embedding and clip metrics, built here and loaded on first use, so the
     # text model options (backend detection, pooling, truncation) and CLIPScore's rules stay in one place.
+    def _from_hub(self) -> bool:
+        return True
+
     def _load(self, device: str, torch_dtype) -> None:
         from metrics.embedding import EmbeddingMetric
 

@@ -89,6 +89,9 @@ class RewardScore(ModelMetric):
     def output_columns(self) -> list[str]:
         return [self.column(), self.column("truncated")]
 
+    def _from_hub(self) -> bool:
+        return True
+
     def _load(self, device: str, torch_dtype) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

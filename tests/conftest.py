@@ -65,3 +65,41 @@ def _restore_progress_bars():
         setattr(logs, name, value)
     for was_on, enable, disable in states:
         (enable if was_on else disable)()
+
+
+#: The Hub download functions, by module: vlselect imports them inside functions (so the module attribute is what
+#: runs); the libraries it loads models with bound them at import time.
+_HUB_DOWNLOADS = {
+    "huggingface_hub": ("snapshot_download", "hf_hub_download"),
+    "huggingface_hub.file_download": ("hf_hub_download",),
+    "huggingface_hub._snapshot_download": ("snapshot_download",),
+    "transformers.utils.hub": ("hf_hub_download", "snapshot_download"),
+    "sentence_transformers.util": ("hf_hub_download", "snapshot_download"),
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_hub_downloads(monkeypatch):
+    """Fail any test that calls a Hub download function (even one whose error the code under test swallows):
+    tests build their models locally (tests/tiny_models.py) and fake the Hub where they test talking to it."""
+    import importlib
+
+    calls = []
+
+    def guard(name):
+        def refuse(*args, **kwargs):
+            calls.append(f"{name}{args!r}")
+            raise OSError(f"tests must not call the Hub: {name}{args!r}")
+
+        return refuse
+
+    for module_name, names in _HUB_DOWNLOADS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        for name in names:
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, guard(f"{module_name}.{name}"))
+    yield
+    assert not calls, f"the test called a Hub download function: {calls}"

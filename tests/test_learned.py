@@ -368,16 +368,32 @@ def test_loading_on_data_without_its_metrics_names_them(trained, tmp_path):
         loaded.score_samples(wrong_dim)
 
 
-def test_from_pretrained_errors(tmp_path):
+def test_from_pretrained_errors(tmp_path, monkeypatch):
     with pytest.raises(VLSelectError, match="not a vlselect selector"):
         LearnedSelector.from_pretrained(tmp_path)  # a folder without the files
     (tmp_path / "config.json").write_text("{not json")
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(VLSelectError, match="invalid JSON"):
         LearnedSelector.from_pretrained(tmp_path)
-    # not a folder: a Hub id; the tests run with HF_HUB_OFFLINE=1, so this must fail cleanly, not download.
-    with pytest.raises(VLSelectError, match="could not load selector"):
+    # not a folder: a Hub id, fetched with snapshot_download; here a fake Hub that has no such repository
+    # (huggingface_hub raises OSError subclasses for offline, 404 and gated) must give a clean one-line error.
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    asked = []
+
+    def offline_hub(repo_id, revision=None, repo_type=None, allow_patterns=None, **kwargs):
+        validate_repo_id(repo_id)  # the real id check: HFValidationError for a malformed id
+        asked.append((repo_id, revision, repo_type, sorted(allow_patterns)))
+        raise LocalEntryNotFoundError("offline and not in the local cache")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline_hub)
+    with pytest.raises(VLSelectError, match="could not load selector 'vlselect-test/no-such-selector'"):
         LearnedSelector.from_pretrained("vlselect-test/no-such-selector")
+    assert asked == [
+        ("vlselect-test/no-such-selector", None, "model", ["README.md", "config.json", "model.safetensors"])
+    ]
     with pytest.raises(VLSelectError):
         LearnedSelector.from_pretrained("not a valid//id")
 

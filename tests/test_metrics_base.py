@@ -188,6 +188,32 @@ def test_helpers():
     assert base.resolved_revision("nobody/not-cached-model") is None
 
 
+def test_resolved_revision_reads_the_hub_cache_layout(tmp_path, monkeypatch):
+    """The commit of a cached snapshot comes from the cache's refs/ and snapshots/ folders, without a Hub call."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    commit, tagged = "a" * 40, "b" * 40
+    repo = tmp_path / "models--org--model"
+    for c in (commit, tagged):
+        (repo / "snapshots" / c).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "refs" / "v1").write_text(tagged + "\n")
+    assert base.resolved_revision("org/model") == commit
+    assert base.resolved_revision("org/model", "v1") == tagged
+    assert base.resolved_revision("org/model", tagged) == tagged
+    assert base.resolved_revision("org/model", "c" * 40) is None  # a commit that is not cached
+    assert base.resolved_revision("org/model", "v2") is None
+    assert base.resolved_revision("org/other") is None and base.resolved_revision("efficientnet-lite0") is None
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert base.unavailable_model("m", "org/model") is None
+    assert "not in the local cache" in base.unavailable_model("m", "org/other")
+    assert base.unavailable_model("m", "/no/such/folder") == "metric 'm': model folder /no/such/folder does not exist"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert base.unavailable_model("m", "org/other") is None  # online: the library downloads it
+
+
 def test_requirements_are_declared_once_and_checked_before_init(monkeypatch):
     import importlib.util
 
